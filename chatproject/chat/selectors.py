@@ -1,0 +1,51 @@
+"""Chat selectors: the reads of the chat product, in a constant number of queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404
+
+import streaming
+from chatproject.chat.models import Conversation, Message
+
+ACTIVE = ("pending", "streaming")
+
+
+def conversation_for(*, user: Any, conversation_id: int) -> Conversation:
+    """The user's conversation, or Http404 (a foreign id is as unknown as a missing one)."""
+    conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user.pk).first()
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
+
+
+def conversations_for(*, user: Any) -> list[Conversation]:
+    return list(Conversation.objects.filter(owner_id=user.pk).order_by("-updated_at", "-id"))
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "text": message.text,
+        "stream_id": str(message.stream_id) if message.stream_id else None,
+        "status": message.status,
+        "last_seq": message.last_seq,
+    }
+
+
+def conversation_messages(*, conversation: Conversation) -> list[dict[str, Any]]:
+    """Every message with the text persisted so far: three queries whatever the length.
+    A streaming message gets its persisted chunks and the seq to resume after."""
+    messages = list(Message.objects.filter(conversation=conversation).order_by("id"))
+    active_ids = [m.stream_id for m in messages if m.stream_id and m.status in ACTIVE]
+    bodies = streaming.active_stream_bodies(active_ids) if active_ids else {}
+    payloads = []
+    for message in messages:
+        payload = message_payload(message)
+        body = bodies.get(message.stream_id)
+        if body is not None:
+            payload.update(text=body.text, status=body.status, last_seq=body.last_seq)
+        payloads.append(payload)
+    return payloads

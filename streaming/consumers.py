@@ -1,0 +1,198 @@
+"""The websocket side of the component, for any consumer: ``resume`` and ``cancel``
+frames in, and each stream's ``chunk`` and ``status`` frames out, exactly once.
+
+Exactly once rests on one fact of Channels: a consumer handles its messages one at a
+time. A resume joins the stream's group first and reads the database second; the live
+chunks that arrive meanwhile wait in the socket's queue until the resume's reply is
+sent, and are then dropped up to the cursor. A live chunk that skips ahead (the channel
+layer dropped one for a slow socket) makes the mixin read the missing chunks from the
+database before it forwards it: they are committed, since frames go out after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from streaming.adapter import get_adapter
+from streaming.asyncdb import run_in_db
+from streaming.conf import app_settings
+from streaming.driver import cancel_stream
+from streaming.errors import StreamError
+from streaming.frames import Frame, chunk_frame, snapshot_frame, status_frame
+from streaming.models import Stream
+from streaming.selectors import catch_up, chunks_after, stream_get
+
+logger = logging.getLogger(__name__)
+
+#: A socket follows at most this many live streams; the oldest is forgotten first.
+MAX_TRACKED_STREAMS = 64
+
+
+class FrameError(Exception):
+    """A client frame that is refused with an ``error`` frame; the socket stays open."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def parse_stream_id(value: Any) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise FrameError("invalid_frame", "stream_id must be a string.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise FrameError(StreamError.NOT_FOUND, "No such stream.") from None
+
+
+class StreamConsumerMixin:
+    """Mix into an ``AsyncJsonWebsocketConsumer``.
+
+    Call ``stream_follow(stream_id)`` when the socket learns of a new stream (for
+    example when it relays the message that announced it), and route client frames
+    through ``stream_receive_frame``. The group handlers ``stream_chunk`` and
+    ``stream_status`` need no call.
+    """
+
+    max_frame_bytes: int = 256 * 1024
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def stream_cursors(self) -> dict[str, int]:
+        """stream id → last seq this socket has been sent (insertion-ordered)."""
+        if not hasattr(self, "_stream_cursors"):
+            self._stream_cursors: dict[str, int] = {}
+        return self._stream_cursors
+
+    @property
+    def stream_groups(self) -> set[str]:
+        if not hasattr(self, "_stream_groups"):
+            self._stream_groups: set[str] = set()
+        return self._stream_groups
+
+    def stream_follow(self, stream_id: str, after: int = -1) -> None:
+        cursors = self.stream_cursors
+        cursors.pop(stream_id, None)
+        if len(cursors) >= MAX_TRACKED_STREAMS:
+            cursors.pop(next(iter(cursors)))
+        cursors[stream_id] = after
+
+    # --- client frames -------------------------------------------------------------------
+
+    def decode_frame(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+        """Parse one client frame into a dict with a string ``type``, or raise FrameError."""
+        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        if len(raw.encode("utf-8")) > self.max_frame_bytes:
+            raise FrameError(
+                "frame_too_large", f"Frames are limited to {self.max_frame_bytes} bytes."
+            )
+        try:
+            content = json.loads(raw)
+        except ValueError:
+            raise FrameError("invalid_json", "The frame is not valid JSON.") from None
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            raise FrameError("invalid_frame", "A frame is a JSON object with a string 'type'.")
+        return content
+
+    async def send_error(self, code: str, detail: str) -> None:
+        await self.send_json({"type": "error", "code": code, "detail": detail})
+
+    async def stream_receive_frame(self, content: dict[str, Any]) -> bool:
+        """Serve ``resume`` and ``cancel``; False for any other type (the caller's)."""
+        kind = content["type"]
+        if kind == "resume":
+            after = content.get("after", -1)
+            if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+                raise FrameError("invalid_frame", "after must be an integer >= -1.")
+            await self.stream_resume(parse_stream_id(content.get("stream_id")), after)
+            return True
+        if kind == "cancel":
+            stream = await self._accessible_stream(parse_stream_id(content.get("stream_id")))
+            await cancel_stream(stream.id)
+            return True
+        return False
+
+    async def stream_can_access(self, stream: Stream) -> bool:
+        return get_adapter().can_access(self.scope.get("user"), stream)
+
+    async def _accessible_stream(self, stream_id: uuid.UUID) -> Stream:
+        try:
+            stream = await run_in_db(stream_get, stream_id=stream_id)
+        except StreamError as exc:
+            raise FrameError(exc.code, exc.detail) from None
+        if not await self.stream_can_access(stream):
+            raise FrameError(StreamError.NOT_FOUND, "No such stream.")
+        return stream
+
+    async def stream_resume(self, stream_id: uuid.UUID, after: int) -> None:
+        stream = await self._accessible_stream(stream_id)
+        if stream.group not in self.stream_groups:
+            await self.channel_layer.group_add(stream.group, self.channel_name)
+            self.stream_groups.add(stream.group)
+        reply = await run_in_db(
+            catch_up, stream, after=after, snapshot_after=app_settings.RESUME_SNAPSHOT_AFTER
+        )
+        key = str(stream.id)
+        if reply.snapshot:
+            await self.send_json(
+                snapshot_frame(key, reply.snapshot_text, reply.last_seq, reply.status)
+            )
+        else:
+            await self._send_chunks(key, reply.chunks)
+        if stream.is_final:
+            self.stream_cursors.pop(key, None)
+            await self.send_json(status_frame(stream))
+        else:
+            self.stream_follow(key, reply.last_seq)
+
+    async def _send_chunks(self, stream_id: str, chunks: list[tuple[int, str]]) -> None:
+        for seq, text in chunks:
+            await self.send_json(chunk_frame(stream_id, seq, text))
+
+    # --- group events ----------------------------------------------------------------------
+
+    async def stream_chunk(self, event: dict[str, Any]) -> None:
+        frame: Frame = event["frame"]
+        stream_id, seq = frame["stream_id"], frame["seq"]
+        cursor = self.stream_cursors.get(stream_id)
+        if cursor is None or seq <= cursor:
+            return
+        if seq > cursor + 1:
+            await self._repair(stream_id, cursor)
+        else:
+            await self.send_json(frame)
+            self.stream_cursors[stream_id] = seq
+
+    async def stream_status(self, event: dict[str, Any]) -> None:
+        frame: Frame = event["frame"]
+        stream_id = frame["stream_id"]
+        cursor = self.stream_cursors.get(stream_id)
+        final_seq = frame.get("last_seq")
+        if cursor is not None and final_seq is not None and cursor < final_seq:
+            await self._repair(stream_id, cursor)
+        if final_seq is not None:
+            self.stream_cursors.pop(stream_id, None)
+        await self.send_json(frame)
+
+    async def _repair(self, stream_id: str, cursor: int) -> None:
+        """Send the committed chunks after ``cursor`` that the channel layer lost."""
+        chunks = await run_in_db(chunks_after, stream_id=stream_id, after=cursor)
+        expected = list(range(cursor + 1, cursor + 1 + len(chunks)))
+        if [seq for seq, _ in chunks] != expected:
+            # Purged meanwhile (a very slow socket): one snapshot replaces everything.
+            stream = await run_in_db(stream_get, stream_id=stream_id, settle_expired=False)
+            reply = await run_in_db(catch_up, stream, after=-1, snapshot_after=-1)
+            await self.send_json(
+                snapshot_frame(stream_id, reply.snapshot_text, reply.last_seq, reply.status)
+            )
+            self.stream_cursors[stream_id] = reply.last_seq
+            return
+        logger.info("stream %s: repaired %d lost chunk(s) after %d", stream_id, len(chunks), cursor)
+        await self._send_chunks(stream_id, chunks)
+        if chunks:
+            self.stream_cursors[stream_id] = chunks[-1][0]
