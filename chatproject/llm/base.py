@@ -1,0 +1,43 @@
+"""The provider contract shared by the chat code and every LLM backend.
+
+The rest of the project only sees ``ChatMessage``, ``LLMError`` and ``LLMProvider``: a
+backend can change (demo, OpenAI-compatible server) without the streaming code learning
+about SDK exceptions or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation, in the order the model should read it."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+class LLMError(Exception):
+    """The one error kind providers raise.
+
+    Its ``str()`` is a short sentence fit to show the person waiting for the answer: no
+    traceback, no API key, no SDK class names. The original exception, when there is one,
+    is kept as ``__cause__`` for logs.
+    """
+
+
+@runtime_checkable
+class LLMProvider(Protocol):
+    """Something that turns a conversation into a stream of text deltas."""
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        """Return an async generator of text deltas for ``messages``.
+
+        The caller may stop early with ``await gen.aclose()`` or by cancelling the task
+        awaiting the next delta; either must close the upstream HTTP response so the
+        server stops generating (and billing) at once. Failures surface as ``LLMError``.
+        """
+        ...
