@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 TokenCallback = Callable[[str], Awaitable[None]]
 CANCEL_EVENT = "stream.cancel"
+STOP_EVENT = "stream.driver_stop"
 SERVER_STOPPED = "The server stopped while this text was being generated."
 WRITE_FAILED = "The text could not be saved (the database did not answer); it ends here."
 
@@ -163,7 +164,7 @@ class _Generation:
             status, error = Status.ERROR, SERVER_STOPPED
         finally:
             if listener is not None:
-                listener.cancel()
+                await self._stop_listener(listener)
         self._take(self.batcher.flush())
         self.generating = False
         self.wake.set()
@@ -308,6 +309,19 @@ class _Generation:
                 continue
             if message.get("type") == CANCEL_EVENT:
                 self.request_cancel()
+            elif message.get("type") == STOP_EVENT:
+                return
+
+    async def _stop_listener(self, listener: asyncio.Task[None]) -> None:
+        """End the listener with a message rather than a cancel: cancelling a pending
+        channels-redis ``receive`` can lose a message meant for another socket of this
+        process (measured: the first status frame of a stream went missing)."""
+        try:
+            await asyncio.wait_for(self.layer.send(self.control, {"type": STOP_EVENT}), 2)
+            await asyncio.wait_for(asyncio.shield(listener), 5)
+        except Exception:
+            logger.warning("stream %s: listener did not stop; cancelling", self.stream_id)
+            listener.cancel()
 
     async def _finish(self, status: Status, error: str) -> str:
         if not self.settled_elsewhere:

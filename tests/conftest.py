@@ -38,12 +38,12 @@ def postgres() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fast_demo_llm(settings):  # noqa: ANN001, ANN202
+def _fast_demo_llm(settings):
     settings.LLM_DEMO_TOKENS_PER_SECOND = 0
 
 
 @pytest.fixture(autouse=True)
-async def _close_db_connections():  # noqa: ANN202
+async def _close_db_connections():
     """Async ORM calls run on worker threads; close their connections after each test,
     or teardown waits on 'database is being accessed by other users'."""
     yield
@@ -51,7 +51,7 @@ async def _close_db_connections():  # noqa: ANN202
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):  # noqa: ANN001, ANN201
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
     """Give the test database a per-run name other processes can open: daphne servers
     started by integration tests share it (SQLite in memory could not be shared), and
     two runs on one machine (a developer's and CI's) never collide."""
@@ -74,13 +74,13 @@ def test_redis_url() -> str:
 
 
 @pytest.fixture
-def start_daphne(tmp_path):  # noqa: ANN001, ANN201
+def start_daphne(tmp_path):
     """Start daphne servers on loopback; all are stopped after the test."""
     from tests.servers import DaphneServer, server_env
 
     servers: list[DaphneServer] = []
 
-    def start(*, redis_url: str | None = None, llm_base_url: str | None = None, **extra):  # noqa: ANN003, ANN202
+    def start(*, redis_url: str | None = None, llm_base_url: str | None = None, **extra):
         server = DaphneServer(server_env(redis_url=redis_url, llm_base_url=llm_base_url, **extra))
         servers.append(server.start(tmp_path))
         return server

@@ -10,20 +10,20 @@ from streaming import services
 
 
 @pytest.fixture
-def owner(db):  # noqa: ANN001, ANN201
+def owner(db):
     return get_user_model().objects.create_user("owner", password="pw")
 
 
 @pytest.fixture
-def make_stream(owner):  # noqa: ANN001, ANN201
-    def make(group: str = "test.group", **kwargs):  # noqa: ANN003, ANN202
+def make_stream(owner):
+    def make(group: str = "test.group", **kwargs):
         return services.stream_create(group=group, owner=kwargs.pop("owner", owner), **kwargs)
 
     return make
 
 
 @pytest.fixture
-def amake_stream(make_stream):  # noqa: ANN001, ANN201
+def amake_stream(make_stream):
     return sync_to_async(make_stream)
 
 

@@ -15,7 +15,7 @@ from streaming.models import Chunk, Stream
 pytestmark = pytest.mark.django_db
 
 
-def claim(stream):  # noqa: ANN001, ANN201
+def claim(stream):
     return services.stream_claim(stream_id=stream.id, driver_channel="specific.test!1")
 
 
@@ -41,8 +41,16 @@ def test_claiming_an_unknown_stream_wins_nothing(db):
 def test_chunks_get_consecutive_seqs_from_zero(make_stream):
     stream = make_stream()
     claim(stream)
-    assert services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=0, texts=["A. ", "B. "]) == 1
-    assert services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=2, texts=["C."]) == 2
+    assert (
+        services.chunk_append(
+            stream_id=stream.id, group=stream.group, first_seq=0, texts=["A. ", "B. "]
+        )
+        == 1
+    )
+    assert (
+        services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=2, texts=["C."])
+        == 2
+    )
     assert list(Chunk.objects.filter(stream=stream).values_list("seq", "text")) == [
         (0, "A. "),
         (1, "B. "),
@@ -63,7 +71,12 @@ def test_retrying_a_write_that_committed_does_not_write_twice(make_stream):
     stream = make_stream()
     claim(stream)
     services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=0, texts=["A. ", "B."])
-    assert services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=0, texts=["A. ", "B."]) == 1
+    assert (
+        services.chunk_append(
+            stream_id=stream.id, group=stream.group, first_seq=0, texts=["A. ", "B."]
+        )
+        == 1
+    )
     assert Chunk.objects.filter(stream=stream).count() == 2
 
 
@@ -87,7 +100,9 @@ def test_chunk_writes_renew_the_lease(make_stream):
 def test_finishing_compacts_the_text_into_the_row(make_stream):
     stream = make_stream()
     claim(stream)
-    services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=0, texts=["Hé. ", "世界"])
+    services.chunk_append(
+        stream_id=stream.id, group=stream.group, first_seq=0, texts=["Hé. ", "世界"]
+    )
     finished = services.stream_finish(stream_id=stream.id, status=Status.DONE)
     assert finished.text == "Hé. 世界"
     assert (finished.length, finished.sha256) == text_digest("Hé. 世界")
@@ -119,7 +134,9 @@ def test_an_expired_stream_is_settled_as_timeout_keeping_its_text(make_stream):
     stream = make_stream()
     claim(stream)
     services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=0, texts=["Kept."])
-    Stream.objects.filter(id=stream.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    Stream.objects.filter(id=stream.id).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     settled = services.stream_settle_if_expired(stream_id=stream.id)
     assert settled.status == Status.TIMEOUT
     assert settled.text == "Kept."
@@ -163,5 +180,5 @@ def test_the_adapter_hook_runs_inside_the_final_transaction(make_stream, setting
 
 
 class FailingAdapter:
-    def stream_finished(self, stream):  # noqa: ANN001, ANN201
+    def stream_finished(self, stream):
         raise RuntimeError("hook failed")
