@@ -1,0 +1,435 @@
+"""The chat websocket, frame by frame, with Channels' in-process communicator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from chatproject.chat.models import Message
+from streaming import services
+from streaming.core.lifecycle import text_digest
+from streaming.frames import chunk_frame, group_event
+from streaming.models import Chunk, Stream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def started(socket) -> str:
+    """Send a prompt and return the new stream's id (from the driver's message frame)."""
+    frame = await socket.until(
+        lambda f: f["type"] == "message" and f["message"]["role"] == "assistant"
+    )
+    return frame["message"]["stream_id"]
+
+
+# --- handshake ---------------------------------------------------------------------------
+
+
+async def test_an_anonymous_socket_is_refused(make_user, make_conversation, connect):
+    conversation = await make_conversation(await make_user())
+    connected, _ = await connect(conversation.pk, user=None)
+    assert not connected
+
+
+async def test_a_foreign_origin_is_refused(make_user, make_conversation, connect):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    connected, _ = await connect(conversation.pk, user=user, origin=b"http://evil.example")
+    assert not connected
+
+
+async def test_another_users_conversation_is_refused(make_user, make_conversation, connect):
+    conversation = await make_conversation(await make_user("ann"))
+    connected, _ = await connect(conversation.pk, user=await make_user("bob"))
+    assert not connected
+
+
+# --- the driven pattern --------------------------------------------------------------------
+
+
+async def test_the_driver_gets_its_message_frames_before_any_token(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send({"type": "prompt", "text": "Hello"})
+    first, second, third = await socket.next(), await socket.next(), await socket.next()
+    assert (first["type"], first["message"]["role"], first["driving"]) == ("message", "user", False)
+    assert (second["type"], second["message"]["role"], second["driving"]) == (
+        "message",
+        "assistant",
+        True,
+    )
+    assert third["type"] != "token" or second["message"]["stream_id"] == third["stream_id"]
+    await socket.until_final()
+
+
+async def test_driver_tokens_chunks_api_and_message_are_one_string(
+    make_user, make_conversation, connect, client
+):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send({"type": "prompt", "text": "Tell me things"})
+    stream_id = await started(socket)
+    final = await socket.until_final(stream_id)
+    tokens, chunks = socket.joined("token", stream_id), socket.joined("chunk", stream_id)
+    assert tokens and tokens == chunks
+    assert socket.seqs(stream_id) == list(range(len(socket.seqs(stream_id))))
+    assert (final["length"], final["sha256"]) == text_digest(tokens)
+    assert final["last_seq"] == socket.seqs(stream_id)[-1]
+    await sync_to_async(client.force_login)(user)
+    api = await sync_to_async(client.get)(f"/api/streams/{stream_id}/")
+    assert api.json()["text"] == tokens
+    message = await Message.objects.aget(stream_id=stream_id)
+    assert (message.text, message.status) == (tokens, "done")
+
+
+async def test_viewers_get_chunks_but_no_tokens_and_one_llm_call_is_made(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, driver = await connect(conversation.pk, user=user)
+    viewers = [(await connect(conversation.pk, user=user))[1] for _ in range(3)]
+    await driver.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(driver)
+    await driver.until_final(stream_id)
+    for viewer in viewers:
+        announced = await viewer.until(
+            lambda f: f["type"] == "message" and f["message"]["role"] == "assistant"
+        )
+        assert announced["driving"] is False
+        await viewer.until_final(stream_id)
+        assert viewer.joined("token", stream_id) == ""
+        assert viewer.joined("chunk", stream_id) == driver.joined("token", stream_id)
+    assert use_fake_llm.request_count == 1
+
+
+async def test_the_llm_receives_the_conversation_history(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    for prompt in ("First question", "Second question"):
+        await socket.send({"type": "prompt", "text": prompt})
+        await socket.until_final(await started(socket))
+    messages = use_fake_llm.requests[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "Second question"
+    assert messages[2]["content"] == use_fake_llm.reply
+
+
+async def test_an_llm_failure_ends_in_error_with_a_readable_message(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send({"type": "prompt", "text": "[scenario=http500]"})
+    final = await socket.until_final(await started(socket))
+    assert final["status"] == "error"
+    assert "500" in final["error"]
+
+
+async def test_the_answer_continues_after_the_driver_leaves(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    use_fake_llm.token_delay = 0.02
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, driver = await connect(conversation.pk, user=user)
+    _, viewer = await connect(conversation.pk, user=user)
+    await driver.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(driver)
+    await driver.until(lambda f: f["type"] == "token")
+    await driver.close()
+    final = await viewer.until_final(stream_id)
+    assert final["status"] == "done"
+    assert viewer.joined("chunk", stream_id) == use_fake_llm.reply
+
+
+async def test_two_racing_prompts_each_get_their_own_answer(make_user, make_conversation, connect):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, tab_a = await connect(conversation.pk, user=user)
+    _, tab_b = await connect(conversation.pk, user=user)
+    await asyncio.gather(
+        tab_a.send({"type": "prompt", "text": "from A"}),
+        tab_b.send({"type": "prompt", "text": "from B"}),
+    )
+    streams = {await started(tab_a), await started(tab_b)}
+    assert len(streams) == 2
+    ended: set[str] = set()
+    await tab_a.until(
+        lambda f: (
+            f["type"] == "status"
+            and f["status"] == "done"
+            and ended.add(f["stream_id"]) is None
+            and ended == streams
+        )
+    )
+    assert await Message.objects.filter(role="assistant", status="done").acount() == 2
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+async def test_cancel_from_another_socket_stops_the_answer_and_the_upstream_request(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, driver = await connect(conversation.pk, user=user)
+    _, other = await connect(conversation.pk, user=user)
+    await driver.send({"type": "prompt", "text": "[scenario=endless]"})
+    stream_id = await started(driver)
+    await driver.until(lambda f: f["type"] == "token")
+    await other.send({"type": "cancel", "stream_id": stream_id})
+    final = await driver.until_final(stream_id, timeout=5)
+    assert final["status"] == "cancelled"
+    assert await use_fake_llm.wait_for_async(lambda: use_fake_llm.disconnects == 1, timeout=5)
+    stream = await Stream.objects.aget(id=stream_id)
+    assert stream.text == driver.joined("token", stream_id)
+
+
+async def test_cancelling_a_final_stream_is_silent(make_user, make_conversation, connect):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(socket)
+    await socket.until_final(stream_id)
+    await socket.send({"type": "cancel", "stream_id": stream_id})
+    await socket.expect_quiet()
+    assert (await Stream.objects.aget(id=stream_id)).status == "done"
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+async def finished_stream(user, conversation, socket) -> str:
+    await socket.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(socket)
+    await socket.until_final(stream_id)
+    return stream_id
+
+
+async def test_resume_of_a_final_stream_sends_the_rest_then_the_status(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, socket = await connect(conversation.pk, user=user)
+    stream_id = await finished_stream(user, conversation, socket)
+    whole = socket.joined("chunk", stream_id)
+    _, late = await connect(conversation.pk, user=user)
+    await late.send({"type": "resume", "stream_id": stream_id, "after": 0})
+    final = await late.until_final(stream_id)
+    seqs = late.seqs(stream_id)
+    assert seqs == list(range(1, final["last_seq"] + 1))
+    first_chunk = socket.frames[[f.get("seq") for f in socket.frames].index(0)]["text"]
+    assert first_chunk + late.joined("chunk", stream_id) == whole
+
+
+async def test_resume_from_the_start_of_a_final_stream_is_one_snapshot(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, socket = await connect(conversation.pk, user=user)
+    stream_id = await finished_stream(user, conversation, socket)
+    await socket.send({"type": "resume", "stream_id": stream_id, "after": -1})
+    snapshot = await socket.next()
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["text"] == socket.joined("chunk", stream_id)
+    assert (await socket.next())["type"] == "status"
+
+
+async def test_resume_after_the_chunks_were_purged_answers_with_a_snapshot(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, socket = await connect(conversation.pk, user=user)
+    stream_id = await finished_stream(user, conversation, socket)
+    await Chunk.objects.filter(stream_id=stream_id).adelete()
+    await socket.send({"type": "resume", "stream_id": stream_id, "after": 1})
+    snapshot = await socket.next()
+    assert (snapshot["type"], snapshot["text"]) == ("snapshot", socket.joined("chunk", stream_id))
+
+
+async def test_a_resume_far_behind_a_live_stream_is_one_snapshot_then_live_chunks(
+    make_user, make_conversation, connect, settings, use_fake_llm
+):
+    settings.STREAMING_RESUME_SNAPSHOT_AFTER = 2
+    use_fake_llm.reply = " ".join(f"Sentence {i}." for i in range(40))
+    use_fake_llm.token_delay = 0.01
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, driver = await connect(conversation.pk, user=user)
+    await driver.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(driver)
+    await driver.until(lambda f: f["type"] == "chunk" and f["seq"] >= 5)
+    _, late = await connect(conversation.pk, user=user)
+    await late.send({"type": "resume", "stream_id": stream_id, "after": -1})
+    snapshot = await late.next()
+    assert snapshot["type"] == "snapshot"
+    await late.until_final(stream_id)
+    live = late.seqs(stream_id)
+    assert live == list(range(snapshot["last_seq"] + 1, snapshot["last_seq"] + 1 + len(live)))
+    assert snapshot["text"] + late.joined("chunk", stream_id) == use_fake_llm.reply
+
+
+async def test_a_resume_while_streaming_misses_nothing_and_repeats_nothing(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    use_fake_llm.reply = " ".join(f"Sentence number {i}." for i in range(30))
+    use_fake_llm.token_delay = 0.005
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, driver = await connect(conversation.pk, user=user)
+    await driver.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(driver)
+    await driver.until(lambda f: f["type"] == "chunk" and f["seq"] >= 2)
+    _, late = await connect(conversation.pk, user=user)
+    await late.send({"type": "resume", "stream_id": stream_id, "after": 0})
+    await late.until_final(stream_id)
+    seqs = late.seqs(stream_id)
+    assert seqs == list(range(1, seqs[-1] + 1))
+    first = (await Chunk.objects.aget(stream_id=stream_id, seq=0)).text
+    assert first + late.joined("chunk", stream_id) == use_fake_llm.reply
+
+
+async def test_a_resume_of_an_expired_stream_settles_it_as_timeout_for_everyone(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    stream = await sync_to_async(services.stream_create)(group=conversation.group_name, owner=user)
+    await Stream.objects.filter(id=stream.id).aupdate(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    _, watcher = await connect(conversation.pk, user=user)
+    _, resumer = await connect(conversation.pk, user=user)
+    await resumer.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
+    assert (await resumer.until_final(str(stream.id)))["status"] == "timeout"
+    assert (await watcher.until_final(str(stream.id)))["status"] == "timeout"
+
+
+async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    stream = await sync_to_async(services.stream_create)(group="elsewhere", owner=user)
+    await sync_to_async(services.stream_claim)(stream_id=stream.id, driver_channel="x")
+    _, socket = await connect(conversation.pk, user=user)
+    await socket.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
+    await sync_to_async(services.chunk_append)(
+        stream_id=stream.id, group="nobody", first_seq=0, texts=["A. ", "B. ", "C."]
+    )
+    # Only the last chunk's broadcast arrives: seq 0 and 1 were "dropped".
+    await get_channel_layer().group_send(
+        "elsewhere", group_event(chunk_frame(str(stream.id), 2, "C."))
+    )
+    frames = [await socket.next() for _ in range(3)]
+    assert [(f["seq"], f["text"]) for f in frames] == [(0, "A. "), (1, "B. "), (2, "C.")]
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+BAD_FRAMES = [
+    ("not json", "invalid_json"),
+    ("[1, 2]", "invalid_frame"),
+    ('{"text": "no type"}', "invalid_frame"),
+    ('{"type": 7}', "invalid_frame"),
+    ('{"type": "dance"}', "unknown_type"),
+    ('{"type": "prompt"}', "invalid_frame"),
+    ('{"type": "prompt", "text": 12}', "invalid_frame"),
+    ('{"type": "prompt", "text": ""}', "prompt_empty"),
+    ('{"type": "prompt", "text": "   "}', "prompt_empty"),
+    ('{"type": "resume", "stream_id": "nope", "after": -1}', "unknown_stream"),
+    (
+        '{"type": "resume", "stream_id": "00000000-0000-0000-0000-000000000000", "after": -1}',
+        "unknown_stream",
+    ),
+    (
+        '{"type": "resume", "stream_id": "00000000-0000-0000-0000-000000000000", "after": "x"}',
+        "invalid_frame",
+    ),
+    ('{"type": "resume", "stream_id": 5, "after": -1}', "invalid_frame"),
+    ('{"type": "cancel"}', "invalid_frame"),
+    ('{"type": "cancel", "stream_id": "00000000-0000-0000-0000-000000000000"}', "unknown_stream"),
+]
+
+
+@pytest.mark.parametrize(("raw", "code"), BAD_FRAMES)
+async def test_a_bad_frame_gets_an_error_frame_and_writes_nothing(
+    make_user, make_conversation, connect, raw, code
+):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send_raw(raw)
+    frame = await socket.next()
+    assert (frame["type"], frame["code"]) == ("error", code)
+    assert frame["detail"]
+    assert await Message.objects.acount() == 0
+    assert await Stream.objects.acount() == 0
+    await socket.send({"type": "prompt", "text": "still open"})
+    assert (await socket.next())["type"] == "message"
+
+
+async def test_an_overlong_prompt_is_refused_before_anything_is_stored(
+    make_user, make_conversation, connect, settings
+):
+    settings.CHAT_PROMPT_MAX_CHARS = 10
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send({"type": "prompt", "text": "x" * 11})
+    assert (await socket.next())["code"] == "prompt_too_long"
+    assert await Message.objects.acount() == 0
+
+
+async def test_an_oversized_frame_is_refused(make_user, make_conversation, connect, settings):
+    settings.CHAT_FRAME_MAX_BYTES = 1000
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send_raw(json.dumps({"type": "prompt", "text": "y" * 2000}))
+    assert (await socket.next())["code"] == "frame_too_large"
+
+
+async def test_another_users_stream_is_unknown(make_user, make_conversation, connect):
+    ann, bob = await make_user("ann"), await make_user("bob")
+    _, ann_socket = await connect((await make_conversation(ann)).pk, user=ann)
+    stream_id = await finished_stream(ann, None, ann_socket)
+    _, bob_socket = await connect((await make_conversation(bob)).pk, user=bob)
+    for frame in (
+        {"type": "resume", "stream_id": stream_id, "after": -1},
+        {"type": "cancel", "stream_id": stream_id},
+    ):
+        await bob_socket.send(frame)
+        assert (await bob_socket.next())["code"] == "unknown_stream"
+
+
+async def test_a_prompt_over_the_concurrent_limit_gets_an_error_and_no_llm_call(
+    make_user, make_conversation, connect, settings, use_fake_llm
+):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 1
+    use_fake_llm.scenario = "endless"
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    await socket.send({"type": "prompt", "text": "one"})
+    stream_id = await started(socket)
+    await socket.until(lambda f: f["type"] == "token")
+    await socket.send({"type": "prompt", "text": "two"})
+    error = await socket.until(lambda f: f["type"] == "error")
+    assert error["code"] == "too_many_active"
+    assert use_fake_llm.request_count == 1
+    assert await Message.objects.acount() == 2
+    await socket.send({"type": "cancel", "stream_id": stream_id})
+    await socket.until_final(stream_id)
