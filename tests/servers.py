@@ -62,8 +62,18 @@ class DaphneServer:
         self.log_path = log_dir / f"daphne-{self.port}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "--application-close-timeout", "5", "chatproject.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "--application-close-timeout",
+                "5",
+                "chatproject.asgi:application",
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -125,8 +135,116 @@ def session_cookie(user: Any) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-def ws_headers(server: DaphneServer, cookie: str | None) -> dict[str, str]:
-    headers = {"Origin": f"http://localhost:{server.port}"}
-    if cookie:
-        headers["Cookie"] = cookie
-    return headers
+FINAL_STATUSES = frozenset({"done", "error", "cancelled", "timeout"})
+
+
+class StreamView:
+    """A client's view of one stream, built from frames exactly as the contract says:
+    a snapshot replaces, a chunk must be the next seq, a final status is verifiable."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.last_seq = -1
+        self.tokens = ""
+        self.final: dict[str, Any] | None = None
+
+    def apply(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "token":
+            self.tokens += frame["text"]
+        elif kind == "snapshot":
+            self.text, self.last_seq = frame["text"], frame["last_seq"]
+        elif kind == "chunk":
+            assert frame["seq"] == self.last_seq + 1, (frame["seq"], self.last_seq)
+            self.text += frame["text"]
+            self.last_seq = frame["seq"]
+        elif kind == "status" and frame["status"] in FINAL_STATUSES:
+            self.final = frame
+
+    def verified(self) -> bool:
+        import hashlib
+
+        assert self.final is not None
+        return (
+            self.final["length"] == len(self.text)
+            and self.final["sha256"] == hashlib.sha256(self.text.encode()).hexdigest()
+            and self.final["last_seq"] == self.last_seq
+        )
+
+
+class WsClient:
+    """A real websocket client (the ``websockets`` library) over TCP to a daphne server."""
+
+    def __init__(self, server: DaphneServer, path: str, cookie: str | None) -> None:
+        self.server, self.path, self.cookie = server, path, cookie
+        self.connection: Any = None
+        self.frames: list[dict[str, Any]] = []
+        self.streams: dict[str, StreamView] = {}
+
+    async def connect(self) -> WsClient:
+        from websockets.asyncio.client import connect
+
+        headers = {"Cookie": self.cookie} if self.cookie else {}
+        self.connection = await connect(
+            self.server.ws_url + self.path,
+            origin=f"http://localhost:{self.server.port}",
+            additional_headers=headers,
+            proxy=None,
+            open_timeout=10,
+        )
+        return self
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        import json
+
+        await self.connection.send(json.dumps(frame))
+
+    async def next(self, timeout: float = 15) -> dict[str, Any]:
+        import asyncio
+        import json
+
+        frame = json.loads(await asyncio.wait_for(self.connection.recv(), timeout))
+        self.frames.append(frame)
+        stream_id = frame.get("stream_id") or (frame.get("message") or {}).get("stream_id")
+        if stream_id and frame["type"] != "message":
+            self.streams.setdefault(stream_id, StreamView()).apply(frame)
+        return frame
+
+    async def until(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
+        import asyncio
+
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.next(timeout)
+                if predicate(frame):
+                    return frame
+
+    async def until_final(self, stream_id: str, timeout: float = 30) -> StreamView:
+        await self.until(
+            lambda f: (
+                f["type"] == "status"
+                and f["stream_id"] == stream_id
+                and f["status"] in FINAL_STATUSES
+            ),
+            timeout,
+        )
+        return self.streams[stream_id]
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+
+def http_get_json(server: DaphneServer, path: str, cookie: str | None) -> tuple[int, Any]:
+    """A plain HTTP GET (urllib, no proxies) returning status and decoded JSON."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(server.http_url + path, headers={"Cookie": cookie or ""})
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
