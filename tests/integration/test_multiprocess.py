@@ -136,3 +136,29 @@ async def test_the_http_api_refuses_anonymous_and_hides_foreign_streams(
     status, body = await sync_to_async(http_get_json)(server, messages, cookie)
     assert status == 200
     assert [m["role"] for m in body["messages"]] == ["user", "assistant"]
+
+
+async def test_an_answer_outlives_its_drivers_socket_in_daphne(
+    start_daphne, test_redis_url, fake_llm
+):
+    """daphne cancels a consumer's application instance 5 s (here) after its client
+    leaves; the generation must go on for the other viewers regardless."""
+    fake_llm.reply = " ".join(f"Word{i}." for i in range(200))
+    fake_llm.token_delay = 0.04  # about 8 s: longer than the application close timeout
+    front = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
+    back = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
+    conversation, cookie, _ = await conversation_with_session()
+    path = f"/ws/conversations/{conversation.pk}/"
+    driver = await WsClient(front, path, cookie).connect()
+    viewer = await WsClient(back, path, cookie).connect()
+    await driver.send({"type": "prompt", "text": "go"})
+    stream_id = (await driver.until(lambda f: f["type"] == "message" and f["driving"]))["message"][
+        "stream_id"
+    ]
+    await driver.until(lambda f: f["type"] == "token")
+    await driver.close()
+    seen = await viewer.until_final(stream_id, timeout=40)
+    assert seen.final["status"] == "done"
+    assert seen.text == fake_llm.reply
+    assert seen.verified()
+    await viewer.close()

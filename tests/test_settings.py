@@ -1,0 +1,36 @@
+"""The project's settings come from the environment, with safe defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.servers import ROOT
+
+
+def run_check(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_non_debug_start_without_secret_key_refuses_with_a_clear_message():
+    result = run_check(DEBUG="false")
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_a_non_debug_start_with_a_secret_key_runs():
+    result = run_check(DEBUG="false", SECRET_KEY="x" * 50)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_defaults_need_no_environment():
+    assert run_check().returncode == 0
