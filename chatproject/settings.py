@@ -127,10 +127,11 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     # The core layer, not pub/sub: its per-channel capacity bounds the memory a slow
     # socket can hold, and the seq numbers plus the mixin's gap repair recover what it
-    # drops. socket_timeout outlives channels-redis's 5 s blocking receive (see README).
+    # drops. The component's subclass rides out Redis restarts. socket_timeout outlives
+    # channels-redis's 5 s blocking receive (see README).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "streaming.layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),

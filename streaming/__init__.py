@@ -10,7 +10,8 @@ The public API (lazily imported, so ``import streaming`` works before apps load)
     get_stream_body(stream_id, after=None) -> StreamBody   (async twin: aget_stream_body)
     await cancel_stream(stream_id) -> bool
     delete_stream(stream_id) -> bool
-    StreamConsumerMixin, FrameError, StreamAdapter, StreamBody, StreamError, Status
+    StreamConsumerMixin, FrameError, FloodError, FLOOD_CLOSE_CODE, TRANSIENT_ERRORS,
+    StreamAdapter, StreamBody, StreamError, Status
     active_stream_bodies(stream_ids), json_login_required (views)
 """
 
@@ -31,6 +32,9 @@ _EXPORTS = {
     "StreamBody": ("streaming.selectors", "StreamBody"),
     "StreamConsumerMixin": ("streaming.consumers", "StreamConsumerMixin"),
     "FrameError": ("streaming.consumers", "FrameError"),
+    "FloodError": ("streaming.consumers", "FloodError"),
+    "FLOOD_CLOSE_CODE": ("streaming.consumers", "FLOOD_CLOSE_CODE"),
+    "TRANSIENT_ERRORS": ("streaming.outages", "TRANSIENT_ERRORS"),
     "json_login_required": ("streaming.views", "json_login_required"),
     "StreamAdapter": ("streaming.adapter", "StreamAdapter"),
     "StreamError": ("streaming.errors", "StreamError"),

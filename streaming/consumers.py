@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -23,12 +24,20 @@ from streaming.driver import cancel_stream
 from streaming.errors import StreamError
 from streaming.frames import Frame, chunk_frame, snapshot_frame, status_frame
 from streaming.models import Stream
-from streaming.selectors import catch_up, chunks_after, stream_get
+from streaming.outages import TRANSIENT_ERRORS
+from streaming.selectors import catch_up, stream_get
 
 logger = logging.getLogger(__name__)
 
 #: A socket follows at most this many live streams; the oldest is forgotten first.
 MAX_TRACKED_STREAMS = 64
+#: Close code for a socket that floods frames (RFC 6455: policy violation).
+FLOOD_CLOSE_CODE = 1008
+UNAVAILABLE = "unavailable"
+
+
+class FloodError(Exception):
+    """More client frames than the rate limit allows: the socket is closed with 1008."""
 
 
 class FrameError(Exception):
@@ -59,6 +68,9 @@ class StreamConsumerMixin:
     """
 
     max_frame_bytes: int = 256 * 1024
+    #: Token bucket for client frames: a sustained rate and a burst, per socket.
+    max_frames_per_second: float = 20.0
+    max_frame_burst: float = 60.0
 
     # --- state ------------------------------------------------------------------------
 
@@ -84,8 +96,18 @@ class StreamConsumerMixin:
 
     # --- client frames -------------------------------------------------------------------
 
+    def _take_frame_token(self) -> None:
+        now = time.monotonic()
+        tokens, last = getattr(self, "_frame_bucket", (self.max_frame_burst, now))
+        tokens = min(self.max_frame_burst, tokens + (now - last) * self.max_frames_per_second)
+        if tokens < 1:
+            raise FloodError
+        self._frame_bucket = (tokens - 1, now)
+
     def decode_frame(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
-        """Parse one client frame into a dict with a string ``type``, or raise FrameError."""
+        """Parse one client frame into a dict with a string ``type``, or raise FrameError
+        (or FloodError past the rate limit)."""
+        self._take_frame_token()
         raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
         if len(raw.encode("utf-8")) > self.max_frame_bytes:
             raise FrameError(
@@ -134,25 +156,29 @@ class StreamConsumerMixin:
         if stream.group not in self.stream_groups:
             await self.channel_layer.group_add(stream.group, self.channel_name)
             self.stream_groups.add(stream.group)
-        reply = await run_in_db(
-            catch_up, stream, after=after, snapshot_after=app_settings.RESUME_SNAPSHOT_AFTER
+        key = str(stream.id)
+        last_seq = await self._send_catch_up(
+            stream, after, snapshot_after=app_settings.RESUME_SNAPSHOT_AFTER
         )
+        if stream.is_final:
+            self.stream_cursors.pop(key, None)
+            await self.send_json(status_frame(stream))
+        else:
+            self.stream_follow(key, last_seq)
+
+    async def _send_catch_up(
+        self, stream: Stream, after: int, snapshot_after: int | None = None
+    ) -> int:
+        """Send what follows ``after``: the chunks, or one snapshot. Returns the last seq."""
+        reply = await run_in_db(catch_up, stream, after=after, snapshot_after=snapshot_after)
         key = str(stream.id)
         if reply.snapshot:
             await self.send_json(
                 snapshot_frame(key, reply.snapshot_text, reply.last_seq, reply.status)
             )
-        else:
-            await self._send_chunks(key, reply.chunks)
-        if stream.is_final:
-            self.stream_cursors.pop(key, None)
-            await self.send_json(status_frame(stream))
-        else:
-            self.stream_follow(key, reply.last_seq)
-
-    async def _send_chunks(self, stream_id: str, chunks: list[tuple[int, str]]) -> None:
-        for seq, text in chunks:
-            await self.send_json(chunk_frame(stream_id, seq, text))
+        for seq, text in reply.chunks:
+            await self.send_json(chunk_frame(key, seq, text))
+        return reply.last_seq
 
     # --- group events ----------------------------------------------------------------------
 
@@ -180,19 +206,14 @@ class StreamConsumerMixin:
         await self.send_json(frame)
 
     async def _repair(self, stream_id: str, cursor: int) -> None:
-        """Send the committed chunks after ``cursor`` that the channel layer lost."""
-        chunks = await run_in_db(chunks_after, stream_id=stream_id, after=cursor)
-        expected = list(range(cursor + 1, cursor + 1 + len(chunks)))
-        if [seq for seq, _ in chunks] != expected:
-            # Purged meanwhile (a very slow socket): one snapshot replaces everything.
+        """Send the committed chunks after ``cursor`` that the channel layer lost (or one
+        snapshot, if they were purged meanwhile). With the database away, the client's
+        own gap rule (``resume``) takes over."""
+        try:
             stream = await run_in_db(stream_get, stream_id=stream_id, settle_expired=False)
-            reply = await run_in_db(catch_up, stream, after=-1, snapshot_after=-1)
-            await self.send_json(
-                snapshot_frame(stream_id, reply.snapshot_text, reply.last_seq, reply.status)
-            )
-            self.stream_cursors[stream_id] = reply.last_seq
+            last_seq = await self._send_catch_up(stream, cursor)
+        except TRANSIENT_ERRORS:
+            logger.warning("stream %s: gap repair failed; the client will resume", stream_id)
             return
-        logger.info("stream %s: repaired %d lost chunk(s) after %d", stream_id, len(chunks), cursor)
-        await self._send_chunks(stream_id, chunks)
-        if chunks:
-            self.stream_cursors[stream_id] = chunks[-1][0]
+        logger.info("stream %s: repaired the chunks after %d", stream_id, cursor)
+        self.stream_cursors[stream_id] = last_seq

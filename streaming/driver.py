@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -73,13 +74,48 @@ def drive_in_background(
     on_token: TokenCallback | None = None,
 ) -> asyncio.Task[str]:
     """Run ``drive`` as a task of its own that outlives the caller (a websocket consumer
-    that daphne tears down when its client leaves). A strong reference is kept."""
+    that daphne tears down when its client leaves). A strong reference is kept, and a
+    server shutdown ends it as ``error`` after saving what it buffered."""
+    _hook_server_shutdown()
     task = asyncio.create_task(
         drive(stream_id, deltas, on_token=on_token), name=f"drive-{stream_id}"
     )
     _background.add(task)
     task.add_done_callback(_forget)
     return task
+
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+async def stop_background_drivers() -> None:
+    """Cancel every background driver and wait (a bounded time) for each to save what it
+    buffered and record ``error``."""
+    tasks = list(_background)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+
+
+_shutdown_hooked = False
+
+
+def _hook_server_shutdown() -> None:
+    """Under daphne (Twisted), stop the drivers before the reactor stops, while the event
+    loop still runs. Under other servers a stopped process's streams are reaped."""
+    global _shutdown_hooked
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if _shutdown_hooked or reactor is None:
+        return
+    from twisted.internet import defer
+
+    reactor.addSystemEventTrigger(
+        "before",
+        "shutdown",
+        lambda: defer.Deferred.fromFuture(asyncio.ensure_future(stop_background_drivers())),
+    )
+    _shutdown_hooked = True
 
 
 def _forget(task: asyncio.Task[Any]) -> None:
@@ -261,33 +297,25 @@ class _Generation:
     async def _write(self) -> bool:
         """Persist everything pending as the next chunks; False when the driver must stop."""
         texts, self.pending = self.pending, []
-        give_up_at = time.monotonic() + app_settings.DB_RETRY_SECONDS
-        backoff = 0.05
-        while True:
-            try:
-                last_seq = await run_in_db(
-                    services.chunk_append,
-                    stream_id=self.stream_id,
-                    group=self.group,
-                    first_seq=self.next_seq,
-                    texts=texts,
-                )
-            except StreamError:
-                logger.warning("stream %s was settled elsewhere; driver stops", self.stream_id)
-                self.settled_elsewhere = True
-            except DatabaseError:
-                if time.monotonic() < give_up_at:
-                    logger.warning("stream %s: chunk write failed; retrying", self.stream_id)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
-                    continue
-                logger.error("stream %s: chunk writes failed for too long", self.stream_id)
-                self.write_error = WRITE_FAILED
-            else:
-                self.next_seq = last_seq + 1
-                return True
-            self.request_cancel()
-            return False
+        try:
+            last_seq = await _with_db_retry(
+                services.chunk_append,
+                stream_id=self.stream_id,
+                group=self.group,
+                first_seq=self.next_seq,
+                texts=texts,
+            )
+        except StreamError:
+            logger.warning("stream %s was settled elsewhere; driver stops", self.stream_id)
+            self.settled_elsewhere = True
+        except DatabaseError:
+            logger.error("stream %s: chunk writes failed for too long", self.stream_id)
+            self.write_error = WRITE_FAILED
+        else:
+            self.next_seq = last_seq + 1
+            return True
+        self.request_cancel()
+        return False
 
     async def _renew_lease(self) -> None:
         try:
@@ -324,18 +352,37 @@ class _Generation:
             listener.cancel()
 
     async def _finish(self, status: Status, error: str) -> str:
-        if not self.settled_elsewhere:
-            try:
-                stream = await run_in_db(
+        """Record the final status, retrying through a database outage as writes do; if
+        that fails for too long, the reaper settles the stream once the database is back."""
+        try:
+            if not self.settled_elsewhere:
+                stream = await _with_db_retry(
                     services.stream_finish,
                     stream_id=self.stream_id,
                     status=status,
                     error=error,
                     only_from=[Status.STREAMING],
                 )
-            except DatabaseError:
-                logger.error("stream %s: could not record its final status", self.stream_id)
-                return ""
-            if stream is not None:
-                return stream.text
-        return (await run_in_db(get_stream_body, self.stream_id)).text
+                if stream is not None:
+                    return stream.text
+            return (await _with_db_retry(get_stream_body, stream_id=self.stream_id)).text
+        except DatabaseError:
+            logger.error("stream %s: could not record its final status", self.stream_id)
+            return ""
+
+
+async def _with_db_retry[T](fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run ``fn`` in the database thread, retrying a failing database with backoff for
+    STREAMING_DB_RETRY_SECONDS before the error propagates. Retrying is safe: every write
+    the driver makes is guarded by a conditional UPDATE."""
+    give_up_at = time.monotonic() + app_settings.DB_RETRY_SECONDS
+    backoff = 0.05
+    while True:
+        try:
+            return await run_in_db(fn, **kwargs)
+        except DatabaseError:
+            if time.monotonic() >= give_up_at:
+                raise
+            logger.warning("database call %s failed; retrying", fn.__name__)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)

@@ -70,6 +70,11 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
             await self.prompt(content.get("text"))
         except (streaming.FrameError, ChatError) as exc:
             await self.send_error(exc.code, exc.detail)
+        except streaming.FloodError:
+            await self.close(code=streaming.FLOOD_CLOSE_CODE)
+        except streaming.TRANSIENT_ERRORS as exc:
+            logger.warning("frame not handled, a service is away: %r", exc)
+            await self.send_error("unavailable", "The server is briefly unavailable; try again.")
 
     async def prompt(self, text: Any) -> None:
         """Store the prompt, announce both messages, and drive the answer from here."""

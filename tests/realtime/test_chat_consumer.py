@@ -433,3 +433,18 @@ async def test_a_prompt_over_the_concurrent_limit_gets_an_error_and_no_llm_call(
     assert await Message.objects.acount() == 2
     await socket.send({"type": "cancel", "stream_id": stream_id})
     await socket.until_final(stream_id)
+
+
+async def test_a_flood_of_frames_closes_the_socket_with_policy_violation(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    _, socket = await connect((await make_conversation(user)).pk, user=user)
+    for _ in range(100):
+        await socket.send_raw("{}")
+    output = None
+    for _ in range(101):
+        output = await socket.communicator.receive_output(timeout=5)
+        if output["type"] == "websocket.close":
+            break
+    assert output == {"type": "websocket.close", "code": 1008}

@@ -223,3 +223,57 @@ async def test_get_stream_body_reads_after_a_seq(amake_stream):
         "done",
         False,
     )
+
+
+async def test_stopping_the_server_saves_the_buffer_and_ends_in_error(amake_stream):
+    from streaming.driver import SERVER_STOPPED, stop_background_drivers
+
+    stream = await amake_stream()
+    emitted: list[str] = []
+
+    async def endless():
+        while True:
+            await asyncio.sleep(0.005)
+            yield "word "
+
+    async def on_token(delta: str) -> None:
+        emitted.append(delta)
+
+    streaming.drive_in_background(stream.id, endless(), on_token=on_token)
+    while len(emitted) < 5:
+        await asyncio.sleep(0.01)
+    await stop_background_drivers()
+    row = await Stream.objects.aget(id=stream.id)
+    assert (row.status, row.error) == (Status.ERROR, SERVER_STOPPED)
+    assert row.text == "".join(emitted)
+
+
+async def test_a_failing_database_call_is_retried_until_it_succeeds(settings):
+    from django.db import OperationalError
+
+    from streaming.driver import _with_db_retry
+
+    calls = []
+
+    def flaky(*, value: int) -> int:
+        calls.append(value)
+        if len(calls) < 3:
+            raise OperationalError("server closed the connection unexpectedly")
+        return value
+
+    assert await _with_db_retry(flaky, value=7) == 7
+    assert len(calls) == 3
+
+
+async def test_a_database_away_for_too_long_raises(settings):
+    from django.db import OperationalError
+
+    from streaming.driver import _with_db_retry
+
+    settings.STREAMING_DB_RETRY_SECONDS = 0.2
+
+    def down() -> None:
+        raise OperationalError("could not connect to server")
+
+    with pytest.raises(OperationalError):
+        await _with_db_retry(down)

@@ -1,0 +1,73 @@
+"""A channels-redis layer that rides out a Redis outage.
+
+With the stock layer, a Redis restart kills every consumer of the process: their
+``receive`` raises, the consumer ends and daphne closes the socket, the driver's socket
+included, so the driver stops getting tokens although generation goes on. And a
+restarted Redis (no persistence) has forgotten every group membership.
+
+This layer retries ``receive`` with backoff instead of raising, and after an outage
+re-adds every group membership this process made. Frames broadcast during the outage are
+lost (delivery is at most once anyway); seq numbers, the consumer mixin's gap repair and
+the clients' ``resume`` recover them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from channels_redis.core import RedisChannelLayer as CoreRedisChannelLayer
+
+from streaming.outages import LAYER_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+class RedisChannelLayer(CoreRedisChannelLayer):
+    """``channels_redis.core.RedisChannelLayer`` whose receive survives Redis restarts."""
+
+    max_backoff = 5.0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._memberships: defaultdict[str, set[str]] = defaultdict(set)
+        self._needs_rejoin = False
+        self._rejoin_lock = asyncio.Lock()
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self._memberships[group].add(channel)
+        await super().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        members = self._memberships.get(group)
+        if members is not None:
+            members.discard(channel)
+            if not members:
+                del self._memberships[group]
+        await super().group_discard(group, channel)
+
+    async def receive(self, channel: str) -> dict:
+        backoff = 0.2
+        while True:
+            try:
+                if self._needs_rejoin:
+                    await self._rejoin()
+                return await super().receive(channel)
+            except LAYER_ERRORS as exc:
+                if not self._needs_rejoin:
+                    logger.warning("channel layer lost Redis (%s); retrying", exc)
+                    self._needs_rejoin = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def _rejoin(self) -> None:
+        """Re-add this process's memberships once Redis answers again (raises while not)."""
+        async with self._rejoin_lock:
+            if not self._needs_rejoin:
+                return
+            memberships = [(g, c) for g, channels in self._memberships.items() for c in channels]
+            for group, channel in memberships:
+                await super().group_add(group, channel)
+            self._needs_rejoin = False
+            logger.warning("Redis is back; re-added %d group memberships", len(memberships))

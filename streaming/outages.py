@@ -1,0 +1,18 @@
+"""The errors that mean "a backing service is briefly away", not "a bug"."""
+
+from __future__ import annotations
+
+from django.db import DatabaseError
+
+#: A lost or refused connection to Redis (through redis-py) or any socket.
+LAYER_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
+try:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    LAYER_ERRORS += (RedisConnectionError, RedisTimeoutError)
+except ImportError:  # pragma: no cover - only without channels-redis installed
+    pass
+
+#: What a consumer answers with an ``unavailable`` error frame instead of dying.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseError, *LAYER_ERRORS)
