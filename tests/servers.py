@@ -219,6 +219,12 @@ class WsClient:
                 if predicate(frame):
                     return frame
 
+    async def prompt(self, text: str) -> str:
+        """Send a prompt; return the new stream's id once this socket is its driver."""
+        await self.send({"type": "prompt", "text": text})
+        frame = await self.until(lambda f: f["type"] == "message" and f["driving"])
+        return frame["message"]["stream_id"]
+
     async def until_final(self, stream_id: str, timeout: float = 30) -> StreamView:
         await self.until(
             lambda f: (

@@ -31,22 +31,28 @@ def conversation_with_session(name: str = "ann") -> tuple[Conversation, str, obj
     return Conversation.objects.create(owner=user), session_cookie(user), user
 
 
+async def two_servers_and_a_conversation(start_daphne, redis_url, fake_llm):
+    """Two daphne processes sharing Redis, and a user's conversation: (front, back, path,
+    session cookie)."""
+    front = start_daphne(redis_url=redis_url, llm_base_url=fake_llm.base_url)
+    back = start_daphne(redis_url=redis_url, llm_base_url=fake_llm.base_url)
+    conversation, cookie, _ = await conversation_with_session()
+    return front, back, f"/ws/conversations/{conversation.pk}/", cookie
+
+
 async def test_driver_viewers_late_joiner_and_reconnect_see_one_text_across_processes(
     start_daphne, test_redis_url, fake_llm
 ):
     fake_llm.reply = REPLY
     fake_llm.token_delay = 0.01
-    front = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
-    back = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
-    conversation, cookie, _ = await conversation_with_session()
-    path = f"/ws/conversations/{conversation.pk}/"
+    front, back, path, cookie = await two_servers_and_a_conversation(
+        start_daphne, test_redis_url, fake_llm
+    )
     rng = random.Random(4)
 
     driver = await WsClient(front, path, cookie).connect()
     viewers = [await WsClient(back, path, cookie).connect() for _ in range(2)]
-    await driver.send({"type": "prompt", "text": "Tell me sixty things."})
-    announced = await driver.until(lambda f: f["type"] == "message" and f["driving"])
-    stream_id = announced["message"]["stream_id"]
+    stream_id = await driver.prompt("Tell me sixty things.")
 
     async def late_joiner() -> WsClient:
         await asyncio.sleep(rng.uniform(0.2, 1.0))
@@ -93,16 +99,12 @@ async def test_driver_viewers_late_joiner_and_reconnect_see_one_text_across_proc
 async def test_a_cancel_sent_to_the_other_process_stops_the_driver(
     start_daphne, test_redis_url, fake_llm
 ):
-    front = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
-    back = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
-    conversation, cookie, _ = await conversation_with_session()
-    path = f"/ws/conversations/{conversation.pk}/"
+    front, back, path, cookie = await two_servers_and_a_conversation(
+        start_daphne, test_redis_url, fake_llm
+    )
     driver = await WsClient(front, path, cookie).connect()
     other = await WsClient(back, path, cookie).connect()
-    await driver.send({"type": "prompt", "text": "[scenario=endless]"})
-    stream_id = (await driver.until(lambda f: f["type"] == "message" and f["driving"]))["message"][
-        "stream_id"
-    ]
+    stream_id = await driver.prompt("[scenario=endless]")
     await driver.until(lambda f: f["type"] == "token")
     await other.send({"type": "cancel", "stream_id": stream_id})
     driven = await driver.until_final(stream_id, timeout=5)
@@ -122,10 +124,7 @@ async def test_the_http_api_refuses_anonymous_and_hides_foreign_streams(
     conversation, cookie, _ = await conversation_with_session("ann")
     _, bob_cookie, _ = await conversation_with_session("bob")
     client = await WsClient(server, f"/ws/conversations/{conversation.pk}/", cookie).connect()
-    await client.send({"type": "prompt", "text": "hello"})
-    stream_id = (await client.until(lambda f: f["type"] == "message" and f["driving"]))["message"][
-        "stream_id"
-    ]
+    stream_id = await client.prompt("hello")
     await client.until_final(stream_id)
     await client.close()
     api = f"/api/streams/{stream_id}/"
@@ -145,16 +144,12 @@ async def test_an_answer_outlives_its_drivers_socket_in_daphne(
     leaves; the generation must go on for the other viewers regardless."""
     fake_llm.reply = " ".join(f"Word{i}." for i in range(200))
     fake_llm.token_delay = 0.04  # about 8 s: longer than the application close timeout
-    front = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
-    back = start_daphne(redis_url=test_redis_url, llm_base_url=fake_llm.base_url)
-    conversation, cookie, _ = await conversation_with_session()
-    path = f"/ws/conversations/{conversation.pk}/"
+    front, back, path, cookie = await two_servers_and_a_conversation(
+        start_daphne, test_redis_url, fake_llm
+    )
     driver = await WsClient(front, path, cookie).connect()
     viewer = await WsClient(back, path, cookie).connect()
-    await driver.send({"type": "prompt", "text": "go"})
-    stream_id = (await driver.until(lambda f: f["type"] == "message" and f["driving"]))["message"][
-        "stream_id"
-    ]
+    stream_id = await driver.prompt("go")
     await driver.until(lambda f: f["type"] == "token")
     await driver.close()
     seen = await viewer.until_final(stream_id, timeout=40)

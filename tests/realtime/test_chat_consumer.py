@@ -20,12 +20,24 @@ from streaming.models import Chunk, Stream
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+async def prompted(socket, text: str = "Hi") -> str:
+    await socket.send({"type": "prompt", "text": text})
+    return await started(socket)
+
+
 async def started(socket) -> str:
     """Send a prompt and return the new stream's id (from the driver's message frame)."""
     frame = await socket.until(
         lambda f: f["type"] == "message" and f["message"]["role"] == "assistant"
     )
     return frame["message"]["stream_id"]
+
+
+async def user_conversation_socket(make_user, make_conversation, connect):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    _, socket = await connect(conversation.pk, user=user)
+    return user, conversation, socket
 
 
 # --- handshake ---------------------------------------------------------------------------
@@ -268,11 +280,10 @@ async def test_a_resume_far_behind_a_live_stream_is_one_snapshot_then_live_chunk
     settings.STREAMING_RESUME_SNAPSHOT_AFTER = 2
     use_fake_llm.reply = " ".join(f"Sentence {i}." for i in range(40))
     use_fake_llm.token_delay = 0.01
-    user = await make_user()
-    conversation = await make_conversation(user)
-    _, driver = await connect(conversation.pk, user=user)
-    await driver.send({"type": "prompt", "text": "Hi"})
-    stream_id = await started(driver)
+    user, conversation, driver = await user_conversation_socket(
+        make_user, make_conversation, connect
+    )
+    stream_id = await prompted(driver)
     await driver.until(lambda f: f["type"] == "chunk" and f["seq"] >= 5)
     _, late = await connect(conversation.pk, user=user)
     await late.send({"type": "resume", "stream_id": stream_id, "after": -1})
@@ -289,11 +300,10 @@ async def test_a_resume_while_streaming_misses_nothing_and_repeats_nothing(
 ):
     use_fake_llm.reply = " ".join(f"Sentence number {i}." for i in range(30))
     use_fake_llm.token_delay = 0.005
-    user = await make_user()
-    conversation = await make_conversation(user)
-    _, driver = await connect(conversation.pk, user=user)
-    await driver.send({"type": "prompt", "text": "Hi"})
-    stream_id = await started(driver)
+    user, conversation, driver = await user_conversation_socket(
+        make_user, make_conversation, connect
+    )
+    stream_id = await prompted(driver)
     await driver.until(lambda f: f["type"] == "chunk" and f["seq"] >= 2)
     _, late = await connect(conversation.pk, user=user)
     await late.send({"type": "resume", "stream_id": stream_id, "after": 0})
