@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from streaming.asyncdb import run_in_db
 from streaming.core.lifecycle import FINAL, Status
 from streaming.errors import StreamError
 from streaming.models import Chunk, Stream
+from streaming.services import stream_settle_if_expired
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,6 @@ def stream_get(*, stream_id: uuid.UUID | str, settle_expired: bool = True) -> St
     if stream is None:
         raise StreamError(StreamError.NOT_FOUND, "No such stream.")
     if settle_expired and not stream.is_final and stream.lease_expires_at < timezone.now():
-        from streaming.services import stream_settle_if_expired
-
         stream = stream_settle_if_expired(stream_id=stream.id) or Stream.objects.get(id=stream.id)
     return stream
 
@@ -74,28 +74,31 @@ def catch_up(stream: Stream, *, after: int, snapshot_after: int | None = None) -
     ``snapshot_after``, when more than that many are behind.
     """
     after = max(after, -1)
+    error = stream.error or None
+
+    def chunks_up_to(chunks: list[tuple[int, str]], last_seq: int) -> CatchUp:
+        return CatchUp(chunks, False, "", last_seq, stream.status, error)
 
     def snapshot(text: str, last_seq: int) -> CatchUp:
-        return CatchUp([], True, text, last_seq, stream.status, stream.error or None)
+        return CatchUp([], True, text, last_seq, stream.status, error)
 
     if stream.is_final:
-        if after >= stream.last_seq:
-            return CatchUp([], False, "", stream.last_seq, stream.status, stream.error or None)
         behind = stream.last_seq - after
+        if behind <= 0:
+            return chunks_up_to([], stream.last_seq)
         if after == -1 or (snapshot_after is not None and behind > snapshot_after):
             return snapshot(stream.text, stream.last_seq)
         chunks = chunks_after(stream_id=stream.id, after=after)
         if [seq for seq, _ in chunks] != list(range(after + 1, stream.last_seq + 1)):
             return snapshot(stream.text, stream.last_seq)  # purged: the row answers
-        return CatchUp(chunks, False, "", stream.last_seq, stream.status, stream.error or None)
+        return chunks_up_to(chunks, stream.last_seq)
     if snapshot_after is not None and stream.last_seq - after > snapshot_after:
         chunks = chunks_after(stream_id=stream.id, after=-1)
         last_seq = chunks[-1][0] if chunks else stream.last_seq
         return snapshot("".join(text for _, text in chunks), last_seq)
     chunks = chunks_after(stream_id=stream.id, after=after)
     # Chunks committed after the row was read may be included: the cursor follows them.
-    last_seq = chunks[-1][0] if chunks else max(stream.last_seq, after)
-    return CatchUp(chunks, False, "", last_seq, stream.status, stream.error or None)
+    return chunks_up_to(chunks, chunks[-1][0] if chunks else max(stream.last_seq, after))
 
 
 def body_of(stream: Stream, *, after: int | None = None) -> StreamBody:
@@ -117,8 +120,6 @@ def get_stream_body(stream_id: uuid.UUID | str, after: int | None = None) -> Str
 
 async def aget_stream_body(stream_id: uuid.UUID | str, after: int | None = None) -> StreamBody:
     """``get_stream_body`` for async callers, off the event loop."""
-    from streaming.asyncdb import run_in_db
-
     return await run_in_db(get_stream_body, stream_id, after)
 
 
