@@ -21,11 +21,11 @@ from chatproject.llm import get_provider
 logger = logging.getLogger(__name__)
 
 MESSAGE_EVENT = "chat.message"
+MESSAGE_FRAME_FIELDS = ("id", "role", "text", "stream_id", "status")
 
 
 def message_frame(message: Message, *, driving: bool) -> dict[str, Any]:
-    payload = message_payload(message)
-    del payload["last_seq"]
+    payload = {k: v for k, v in message_payload(message).items() if k in MESSAGE_FRAME_FIELDS}
     return {"type": "message", "message": payload, "driving": driving}
 
 

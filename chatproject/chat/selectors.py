@@ -32,6 +32,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "stream_id": str(message.stream_id) if message.stream_id else None,
         "status": message.status,
         "last_seq": message.last_seq,
+        "error": message.error,
     }
 
 
@@ -46,6 +47,8 @@ def conversation_messages(*, conversation: Conversation) -> list[dict[str, Any]]
         payload = message_payload(message)
         body = bodies.get(message.stream_id)
         if body is not None:
-            payload.update(text=body.text, status=body.status, last_seq=body.last_seq)
+            payload.update(
+                text=body.text, status=body.status, last_seq=body.last_seq, error=body.error or ""
+            )
         payloads.append(payload)
     return payloads

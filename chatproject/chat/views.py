@@ -12,6 +12,9 @@ import streaming
 from chatproject.chat.selectors import conversation_for, conversation_messages, conversations_for
 from chatproject.chat.services import conversation_create
 
+#: The messages API's fields, as the contract lists them (the page also shows ``error``).
+API_FIELDS = ("id", "role", "text", "stream_id", "status", "last_seq")
+
 
 @require_GET
 @login_required
@@ -32,12 +35,13 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
 @login_required
 def conversation_page(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = conversation_for(user=request.user, conversation_id=conversation_id)
+    messages = conversation_messages(conversation=conversation)
     return render(
         request,
         "chat/conversation.html",
         {
             "conversation": conversation,
-            "messages": conversation_messages(conversation=conversation),
+            "messages": messages,
             "prompt_max_chars": settings.CHAT_PROMPT_MAX_CHARS,
         },
     )
@@ -50,4 +54,5 @@ def messages_api(request: HttpRequest, conversation_id: int) -> HttpResponse:
         conversation = conversation_for(user=request.user, conversation_id=conversation_id)
     except Http404:
         return JsonResponse({"error": "unknown_conversation"}, status=404)
-    return JsonResponse({"messages": conversation_messages(conversation=conversation)})
+    messages = conversation_messages(conversation=conversation)
+    return JsonResponse({"messages": [{k: m[k] for k in API_FIELDS} for m in messages]})
