@@ -49,7 +49,16 @@ async def _close_db_connections():
     """Async ORM calls run on worker threads; close their connections after each test,
     or teardown waits on 'database is being accessed by other users'."""
     yield
-    await sync_to_async(connections.close_all)()
+    await sync_to_async(close_all_connections)()
+
+
+def close_all_connections() -> None:
+    """Close this context's connections, and the PostgreSQL pool's idle sessions, or the
+    test database cannot be dropped at the end ("being accessed by other users")."""
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if hasattr(connection, "close_pool"):  # PostgreSQL
+            connection.close_pool()
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 from django.conf import global_settings
-from django.db import connections
 from django.utils.module_loading import import_string
 
-from tests.conftest import require
+from tests.conftest import close_all_connections, require
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -40,21 +39,12 @@ FINAL = ("done", "error", "cancelled", "timeout")
 TIMEOUT_MS = 20_000
 
 
-def close_db_connections() -> None:
-    """Close this context's connections, and the PostgreSQL pool's idle sessions, or the
-    test database cannot be dropped at the end ("being accessed by other users")."""
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-        if hasattr(connection, "close_pool"):  # PostgreSQL
-            connection.close_pool()
-
-
 @pytest.fixture(autouse=True)
 def _close_db_connections() -> Iterator[None]:
     """The suite's async twin of this fixture cannot run here: while Playwright lives,
     the thread counts as inside a running event loop. Same job, synchronously."""
     yield
-    close_db_connections()
+    close_all_connections()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -241,5 +231,5 @@ def chat_app(
         context.close()
     # While Playwright runs, Django keeps this thread's connections per asyncio context
     # (asgiref's Local): close them now, in the context the test used them in.
-    close_db_connections()
+    close_all_connections()
     assert app.page_errors == [], f"uncaught script errors: {app.page_errors}"
