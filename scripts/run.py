@@ -16,7 +16,13 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # A SIGTERM (a supervisor, `timeout`) stops both processes as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
     subprocess.run(manage("migrate", "--no-input", "-v", "0"), check=True, cwd=ROOT)
     subprocess.run(manage("ensure_demo_user"), check=True, cwd=ROOT)
