@@ -133,7 +133,15 @@ if REDIS_URL:
         "default": {
             "BACKEND": "streaming.layers.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 30,
+                        # redis-py's async pool refuses past 100 connections, and a few
+                        # hundred sockets closing at once each leave a group.
+                        "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000),
+                    }
+                ],
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
                 "expiry": 60,
                 "group_expiry": env_int("CHANNEL_LAYER_GROUP_EXPIRY", 86400),

@@ -12,7 +12,7 @@ The public API (lazily imported, so ``import streaming`` works before apps load)
     delete_stream(stream_id) -> bool
     StreamConsumerMixin, FrameError, FloodError, FLOOD_CLOSE_CODE, TRANSIENT_ERRORS,
     StreamAdapter, StreamBody, StreamError, Status
-    active_stream_bodies(stream_ids), json_login_required (views)
+    active_stream_bodies(stream_ids), json_login_required (views), clean_text(text)
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ _EXPORTS = {
     "StreamAdapter": ("streaming.adapter", "StreamAdapter"),
     "StreamError": ("streaming.errors", "StreamError"),
     "Status": ("streaming.core.lifecycle", "Status"),
+    "clean_text": ("streaming.core.text", "clean_text"),
 }
 
 __all__ = sorted(_EXPORTS)

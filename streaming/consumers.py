@@ -31,13 +31,15 @@ logger = logging.getLogger(__name__)
 
 #: A socket follows at most this many live streams; the oldest is forgotten first.
 MAX_TRACKED_STREAMS = 64
-#: Close code for a socket that floods frames (RFC 6455: policy violation).
-FLOOD_CLOSE_CODE = 1008
+#: Close code for a socket that floods frames: the private-use twin of 1008 (policy
+#: violation), since daphne's websocket library lets applications send only 1000 and
+#: 3000-4999.
+FLOOD_CLOSE_CODE = 4008
 UNAVAILABLE = "unavailable"
 
 
 class FloodError(Exception):
-    """More client frames than the rate limit allows: the socket is closed with 1008."""
+    """More client frames than the rate limit allows: the socket is closed with 4008."""
 
 
 class FrameError(Exception):
@@ -94,6 +96,15 @@ class StreamConsumerMixin:
             cursors.pop(next(iter(cursors)))
         cursors[stream_id] = after
 
+    async def stream_leave_groups(self) -> None:
+        """On disconnect: leave every group joined. A layer that is away then is logged,
+        not raised: the membership expires with the layer's ``group_expiry``."""
+        for group in self.stream_groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("could not leave group %s: %r", group, exc)
+
     # --- client frames -------------------------------------------------------------------
 
     def _take_frame_token(self) -> None:
@@ -115,7 +126,7 @@ class StreamConsumerMixin:
             )
         try:
             content = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise FrameError("invalid_json", "The frame is not valid JSON.") from None
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
             raise FrameError("invalid_frame", "A frame is a JSON object with a string 'type'.")

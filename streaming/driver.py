@@ -33,7 +33,9 @@ from streaming.asyncdb import run_in_db
 from streaming.conf import app_settings
 from streaming.core.batching import SentenceBatcher
 from streaming.core.lifecycle import Status
+from streaming.core.text import clean_text
 from streaming.errors import StreamError
+from streaming.outages import DB_OUTAGE_ERRORS
 from streaming.selectors import get_stream_body, stream_get
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,11 @@ TokenCallback = Callable[[str], Awaitable[None]]
 CANCEL_EVENT = "stream.cancel"
 STOP_EVENT = "stream.driver_stop"
 SERVER_STOPPED = "The server stopped while this text was being generated."
-WRITE_FAILED = "The text could not be saved (the database did not answer); it ends here."
+WRITE_FAILED = "The text could not be saved; it ends here."
+#: How long the driver keeps trying to record a final status through a database outage.
+#: Longer than chunk writes: a stream left active is only settled by the reaper, as
+#: timeout, which tells users less than the real reason.
+FINAL_STATUS_RETRY_SECONDS = 300.0
 
 _background: set[asyncio.Task[Any]] = set()
 
@@ -204,7 +210,11 @@ class _Generation:
         self._take(self.batcher.flush())
         self.generating = False
         self.wake.set()
-        await persister
+        try:
+            await persister
+        except Exception:
+            logger.exception("stream %s: persisting failed", self.stream_id)
+            self.write_error = WRITE_FAILED
         if self.write_error is not None:
             status, error = Status.ERROR, self.write_error
         text = await self._finish(status, error)
@@ -231,6 +241,7 @@ class _Generation:
                 finally:
                     self.awaiting_delta = False
                 if delta:
+                    delta = clean_text(delta)
                     await self._emit(delta)
                     self._feed(delta)
             return Status.CANCELLED, ""
@@ -308,8 +319,9 @@ class _Generation:
         except StreamError:
             logger.warning("stream %s was settled elsewhere; driver stops", self.stream_id)
             self.settled_elsewhere = True
-        except DatabaseError:
-            logger.error("stream %s: chunk writes failed for too long", self.stream_id)
+        except DatabaseError as exc:
+            # Reported on the stream itself (status error); the log only says why.
+            logger.warning("stream %s: chunk write failed for good: %r", self.stream_id, exc)
             self.write_error = WRITE_FAILED
         else:
             self.next_seq = last_seq + 1
@@ -358,6 +370,7 @@ class _Generation:
             if not self.settled_elsewhere:
                 stream = await _with_db_retry(
                     services.stream_finish,
+                    retry_for=FINAL_STATUS_RETRY_SECONDS,
                     stream_id=self.stream_id,
                     status=status,
                     error=error,
@@ -371,16 +384,21 @@ class _Generation:
             return ""
 
 
-async def _with_db_retry[T](fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """Run ``fn`` in the database thread, retrying a failing database with backoff for
-    STREAMING_DB_RETRY_SECONDS before the error propagates. Retrying is safe: every write
-    the driver makes is guarded by a conditional UPDATE."""
-    give_up_at = time.monotonic() + app_settings.DB_RETRY_SECONDS
+async def _with_db_retry[T](
+    fn: Callable[..., T], /, *, retry_for: float | None = None, **kwargs: Any
+) -> T:
+    """Run ``fn`` in the database thread, retrying while the database is away, with
+    backoff, for ``retry_for`` seconds (default STREAMING_DB_RETRY_SECONDS) before the
+    error propagates. Retrying is safe: every write the driver makes is guarded by a
+    conditional UPDATE. Other database errors propagate at once."""
+    if retry_for is None:
+        retry_for = app_settings.DB_RETRY_SECONDS
+    give_up_at = time.monotonic() + retry_for
     backoff = 0.05
     while True:
         try:
             return await run_in_db(fn, **kwargs)
-        except DatabaseError:
+        except DB_OUTAGE_ERRORS:
             if time.monotonic() >= give_up_at:
                 raise
             logger.warning("database call %s failed; retrying", fn.__name__)

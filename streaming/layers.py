@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Any
 
 from channels_redis.core import RedisChannelLayer as CoreRedisChannelLayer
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 class RedisChannelLayer(CoreRedisChannelLayer):
     """``channels_redis.core.RedisChannelLayer`` whose receive survives Redis restarts."""
 
-    max_backoff = 5.0
+    max_backoff = 1.0
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -37,7 +38,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def group_add(self, group: str, channel: str) -> None:
         self._memberships[group].add(channel)
-        await super().group_add(group, channel)
+        await self._once_more_on_a_dead_connection(super().group_add, group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
         members = self._memberships.get(group)
@@ -45,7 +46,16 @@ class RedisChannelLayer(CoreRedisChannelLayer):
             members.discard(channel)
             if not members:
                 del self._memberships[group]
-        await super().group_discard(group, channel)
+        await self._once_more_on_a_dead_connection(super().group_discard, group, channel)
+
+    @staticmethod
+    async def _once_more_on_a_dead_connection(call: Any, *args: str) -> None:
+        """After a Redis restart the pool still holds connections the server closed; the
+        first command on one fails, and the pool replaces it for the second try."""
+        try:
+            await call(*args)
+        except LAYER_ERRORS:
+            await call(*args)
 
     async def receive(self, channel: str) -> dict:
         backoff = 0.2

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
+
+#: The database is away (restarting, unreachable, a connection dropped). Not DataError
+#: or IntegrityError: retrying those gives the same answer.
+DB_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
 
 #: A lost or refused connection to Redis (through redis-py) or any socket.
 LAYER_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
@@ -15,4 +19,4 @@ except ImportError:  # pragma: no cover - only without channels-redis installed
     pass
 
 #: What a consumer answers with an ``unavailable`` error frame instead of dying.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DatabaseError, *LAYER_ERRORS)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DB_OUTAGE_ERRORS, *LAYER_ERRORS)

@@ -52,8 +52,7 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closed = True
-        for group in getattr(self, "_stream_groups", ()):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.stream_leave_groups()
         if getattr(settings, "STREAMING_CANCEL_ON_DRIVER_DISCONNECT", False):
             for stream_id in self.driving:
                 await streaming.cancel_stream(stream_id)

@@ -33,6 +33,11 @@ def check_prompt(text: Any) -> str:
         raise ChatError("prompt_empty", "The prompt is empty.")
     if len(text) > limit:
         raise ChatError("prompt_too_long", f"The prompt is longer than {limit} characters.")
+    if streaming.clean_text(text) != text:
+        raise ChatError(
+            "invalid_text",
+            "The prompt holds characters that cannot be stored (NUL or a lone surrogate).",
+        )
     return text
 
 

@@ -6,7 +6,9 @@ into an ``LLMError`` whose text can be shown to the user as is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,14 +24,21 @@ logger = logging.getLogger(__name__)
 # The SDK refuses an empty key; servers on loopback (llama.cpp, vLLM, Ollama) want none.
 _PLACEHOLDER_API_KEY = "none"
 
+#: Event loop → configuration → the SDK client shared by that loop's answers.
+_CLIENTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[Any, ...], openai.AsyncOpenAI]
+] = weakref.WeakKeyDictionary()
+
 
 class OpenAIProvider:
     """Streams chat completions from ``base_url`` with ``model``.
 
-    A fresh SDK client is made for every answer and closed with it: an ``httpx2`` pool
-    belongs to the event loop that opened its connections, and one provider may serve
-    several loops (tests, ``async_to_sync`` workers). Closing the client also guarantees
-    an aborted answer leaves no connection behind.
+    One SDK client per event loop and configuration is shared by every answer: an
+    ``httpx2`` pool belongs to the loop that opened its connections (tests and
+    ``async_to_sync`` workers run other loops), and a client per answer costs native
+    memory that is not given back (measured: 63 → 150 MB RSS over 200 answers, against
+    63 → 64 MB shared). An aborted answer closes its own response, so the server still
+    sees the connection end at once.
     """
 
     def __init__(
@@ -56,15 +65,25 @@ class OpenAIProvider:
         return f"OpenAIProvider(base_url={self.base_url!r}, model={self.model!r})"
 
     def _client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key,
-            # read: the longest silence allowed between two bytes (also the wait for
-            # the response headers); connect: the TCP/TLS handshake.
-            timeout=openai.Timeout(self.read_timeout, connect=self.connect_timeout),
-            # Explicit: the SDK's default of 2 retries delays the error a user waits for.
-            max_retries=self.max_retries,
+        key = (
+            self.base_url,
+            self._api_key,
+            self.read_timeout,
+            self.connect_timeout,
+            self.max_retries,
         )
+        clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+        if key not in clients:
+            clients[key] = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key,
+                # read: the longest silence allowed between two bytes (also the wait for
+                # the response headers); connect: the TCP/TLS handshake.
+                timeout=openai.Timeout(self.read_timeout, connect=self.connect_timeout),
+                # Explicit: the SDK's default of 2 retries delays the error a user waits for.
+                max_retries=self.max_retries,
+            )
+        return clients[key]
 
     def _payload(self, messages: Sequence[ChatMessage]) -> list[ChatCompletionMessageParam]:
         """System prompt first, then the conversation in order."""
@@ -78,26 +97,25 @@ class OpenAIProvider:
         """Yield each non-empty content delta; raise ``LLMError`` on any failure.
 
         ``aclose()`` or a cancel while waiting for a delta unwinds the ``async with``
-        blocks, which close the HTTP response (and the client), so the server sees the
-        connection end at once.
+        block, which closes the HTTP response, so the server sees the connection end at
+        once.
         """
         connected = started = False  # headers received / first text yielded
         try:
-            async with self._client() as client:
-                response = await client.chat.completions.create(
-                    model=self.model,
-                    messages=self._payload(messages),
-                    stream=True,
-                )
-                connected = True
-                async with response as chunks:
-                    async for chunk in chunks:
-                        if not chunk.choices:  # e.g. a usage or prompt-filter chunk
-                            continue
-                        text = chunk.choices[0].delta.content
-                        if text:
-                            started = True
-                            yield text
+            response = await self._client().chat.completions.create(
+                model=self.model,
+                messages=self._payload(messages),
+                stream=True,
+            )
+            connected = True
+            async with response as chunks:
+                async for chunk in chunks:
+                    if not chunk.choices:  # e.g. a usage or prompt-filter chunk
+                        continue
+                    text = chunk.choices[0].delta.content
+                    if text:
+                        started = True
+                        yield text
         except LLMError:
             raise
         except Exception as exc:

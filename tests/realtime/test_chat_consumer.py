@@ -355,6 +355,9 @@ async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
 
 BAD_FRAMES = [
     ("not json", "invalid_json"),
+    ("[" * 5000, "invalid_json"),
+    ('{"type": "prompt", "text": "a\\u0000b"}', "invalid_text"),
+    ('{"type": "prompt", "text": "lone \\ud800"}', "invalid_text"),
     ("[1, 2]", "invalid_frame"),
     ('{"text": "no type"}', "invalid_frame"),
     ('{"type": 7}', "invalid_frame"),
@@ -445,9 +448,7 @@ async def test_a_prompt_over_the_concurrent_limit_gets_an_error_and_no_llm_call(
     await socket.until_final(stream_id)
 
 
-async def test_a_flood_of_frames_closes_the_socket_with_policy_violation(
-    make_user, make_conversation, connect
-):
+async def test_a_flood_of_frames_closes_the_socket_with_4008(make_user, make_conversation, connect):
     user = await make_user()
     _, socket = await connect((await make_conversation(user)).pk, user=user)
     for _ in range(100):
@@ -457,4 +458,4 @@ async def test_a_flood_of_frames_closes_the_socket_with_policy_violation(
         output = await socket.communicator.receive_output(timeout=5)
         if output["type"] == "websocket.close":
             break
-    assert output == {"type": "websocket.close", "code": 1008}
+    assert output == {"type": "websocket.close", "code": 4008}
