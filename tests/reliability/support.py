@@ -344,6 +344,13 @@ class CheckedView(StreamView):
         return not (self.gaps or self.duplicates or self.mismatches)
 
 
+async def drain(page: Page) -> None:
+    """Read a socket until it closes."""
+    with contextlib.suppress(Exception):
+        while True:
+            await page.recv(60)
+
+
 class Page:
     """A websocket client that behaves like the conversation page's script: when its
     socket closes it reconnects and resumes each live stream from its last seq; when a

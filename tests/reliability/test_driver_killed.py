@@ -8,7 +8,6 @@ scheduler would run it every minute), or by the first reader who finds the lease
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from tests.reliability.support import (
     account,
     ahttp_get,
     assert_settled,
+    drain,
     escaped_exceptions,
     persisted,
     reap_every,
@@ -29,13 +29,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 LEASE = 2.0
 REAP_EVERY = 0.25
 SLACK = 1.5  # two busy cores: a process switch, a commit, a frame through Redis
-
-
-async def drain(page: Page) -> None:
-    """Read a socket until it closes."""
-    with contextlib.suppress(Exception):
-        while True:
-            await page.recv(60)
 
 
 async def test_a_killed_driver_leaves_its_committed_chunks_and_viewers_get_timeout_within_the_lease(

@@ -8,7 +8,6 @@ are consecutive and the final text equals them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from tests.reliability.support import (
     Page,
     account,
     assert_settled,
+    drain,
     escaped_exceptions,
     persisted,
     reap_every,
@@ -27,12 +27,6 @@ from tests.reliability.support import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
 LEASE = 2.0
-
-
-async def drain(page: Page) -> None:
-    with contextlib.suppress(Exception):
-        while True:
-            await page.recv(60)
 
 
 async def test_sigterm_during_an_answer_ends_the_stream_with_its_persisted_text(
