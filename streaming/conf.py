@@ -42,6 +42,12 @@ class StreamingSettings:
         return int(self._get("RESUME_SNAPSHOT_AFTER", 64))
 
     @property
+    def SNAPSHOT_MAX_CHARS(self) -> int:
+        """Longest snapshot frame; past it a resume gets the chunks (daphne refuses
+        websocket messages over 1 MiB, and a character is up to 4 UTF-8 bytes)."""
+        return int(self._get("SNAPSHOT_MAX_CHARS", 200_000))
+
+    @property
     def CHUNK_RETENTION(self) -> float:
         """Seconds a final stream keeps its chunks; its row holds the whole text anyway."""
         return float(self._get("CHUNK_RETENTION", 3600.0))

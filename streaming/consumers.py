@@ -132,6 +132,11 @@ class StreamConsumerMixin:
             raise FrameError("invalid_frame", "A frame is a JSON object with a string 'type'.")
         return content
 
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        # Unicode as is, not \uXXXX: a CJK or emoji text is a third to half the bytes.
+        return json.dumps(content, ensure_ascii=False)
+
     async def send_error(self, code: str, detail: str) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail})
 
@@ -181,7 +186,13 @@ class StreamConsumerMixin:
         self, stream: Stream, after: int, snapshot_after: int | None = None
     ) -> int:
         """Send what follows ``after``: the chunks, or one snapshot. Returns the last seq."""
-        reply = await run_in_db(catch_up, stream, after=after, snapshot_after=snapshot_after)
+        reply = await run_in_db(
+            catch_up,
+            stream,
+            after=after,
+            snapshot_after=snapshot_after,
+            snapshot_max_chars=app_settings.SNAPSHOT_MAX_CHARS,
+        )
         key = str(stream.id)
         if reply.snapshot:
             await self.send_json(

@@ -66,12 +66,20 @@ class CatchUp:
     error: str | None
 
 
-def catch_up(stream: Stream, *, after: int, snapshot_after: int | None = None) -> CatchUp:
+def catch_up(
+    stream: Stream,
+    *,
+    after: int,
+    snapshot_after: int | None = None,
+    snapshot_max_chars: int | None = None,
+) -> CatchUp:
     """The chunks of ``stream`` with ``seq > after``, or a snapshot of its whole text.
 
     A final stream read from the start is one row (its compacted text). A snapshot also
     answers when the chunks after ``after`` are gone (purged), or, with
-    ``snapshot_after``, when more than that many are behind.
+    ``snapshot_after``, when more than that many are behind. A snapshot longer than
+    ``snapshot_max_chars`` would not fit in one websocket message: the chunks answer
+    instead while they are kept.
     """
     after = max(after, -1)
     error = stream.error or None
@@ -82,11 +90,15 @@ def catch_up(stream: Stream, *, after: int, snapshot_after: int | None = None) -
     def snapshot(text: str, last_seq: int) -> CatchUp:
         return CatchUp([], True, text, last_seq, stream.status, error)
 
+    def fits(text_length: int) -> bool:
+        return snapshot_max_chars is None or text_length <= snapshot_max_chars
+
     if stream.is_final:
         behind = stream.last_seq - after
         if behind <= 0:
             return chunks_up_to([], stream.last_seq)
-        if after == -1 or (snapshot_after is not None and behind > snapshot_after):
+        wants_snapshot = after == -1 or (snapshot_after is not None and behind > snapshot_after)
+        if wants_snapshot and fits(len(stream.text)):
             return snapshot(stream.text, stream.last_seq)
         chunks = chunks_after(stream_id=stream.id, after=after)
         if [seq for seq, _ in chunks] != list(range(after + 1, stream.last_seq + 1)):
@@ -94,8 +106,10 @@ def catch_up(stream: Stream, *, after: int, snapshot_after: int | None = None) -
         return chunks_up_to(chunks, stream.last_seq)
     if snapshot_after is not None and stream.last_seq - after > snapshot_after:
         chunks = chunks_after(stream_id=stream.id, after=-1)
-        last_seq = chunks[-1][0] if chunks else stream.last_seq
-        return snapshot("".join(text for _, text in chunks), last_seq)
+        text = "".join(text for _, text in chunks)
+        if fits(len(text)):
+            return snapshot(text, chunks[-1][0] if chunks else stream.last_seq)
+        return chunks_up_to([c for c in chunks if c[0] > after], chunks[-1][0])
     chunks = chunks_after(stream_id=stream.id, after=after)
     # Chunks committed after the row was read may be included: the cursor follows them.
     return chunks_up_to(chunks, chunks[-1][0] if chunks else max(stream.last_seq, after))

@@ -459,3 +459,29 @@ async def test_a_flood_of_frames_closes_the_socket_with_4008(make_user, make_con
         if output["type"] == "websocket.close":
             break
     assert output == {"type": "websocket.close", "code": 4008}
+
+
+async def test_a_text_too_long_for_one_snapshot_resumes_as_chunks(
+    make_user, make_conversation, connect, settings
+):
+    settings.STREAMING_SNAPSHOT_MAX_CHARS = 10
+    user, conversation, socket = await user_conversation_socket(
+        make_user, make_conversation, connect
+    )
+    stream_id = await finished_stream(user, conversation, socket)
+    before = len(socket.frames)
+    await socket.send({"type": "resume", "stream_id": stream_id, "after": -1})
+    frame = await socket.next()
+    assert (frame["type"], frame["seq"]) == ("chunk", 0)
+    final = await socket.until_final(stream_id)
+    resumed = [f for f in socket.frames[before:] if f["type"] == "chunk"]
+    assert [f["seq"] for f in resumed] == list(range(final["last_seq"] + 1))
+
+
+async def test_frames_carry_unicode_unescaped(make_user, make_conversation, connect):
+    _user, _conversation, socket = await user_conversation_socket(
+        make_user, make_conversation, connect
+    )
+    await socket.send({"type": "prompt", "text": "世界"})
+    raw = await socket.communicator.receive_from()
+    assert "世界" in raw
