@@ -12,7 +12,8 @@ The public API (lazily imported, so ``import streaming`` works before apps load)
     delete_stream(stream_id) -> bool
     StreamConsumerMixin, FrameError, FloodError, FLOOD_CLOSE_CODE, TRANSIENT_ERRORS,
     StreamAdapter, StreamBody, StreamError, Status
-    active_stream_bodies(stream_ids), json_login_required (views), clean_text(text)
+    active_stream_bodies(stream_ids), json_login_required (views), clean_text(text),
+    await run_in_db(fn, *args) (sync ORM work off the loop, not thread-sensitive)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _EXPORTS = {
     "StreamError": ("streaming.errors", "StreamError"),
     "Status": ("streaming.core.lifecycle", "Status"),
     "clean_text": ("streaming.core.text", "clean_text"),
+    "run_in_db": ("streaming.asyncdb", "run_in_db"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -35,6 +35,7 @@ from streaming.core.batching import SentenceBatcher
 from streaming.core.lifecycle import Status
 from streaming.core.text import clean_text
 from streaming.errors import StreamError
+from streaming.frames import aannounce, chunk_frames
 from streaming.outages import DB_OUTAGE_ERRORS
 from streaming.selectors import get_stream_body, stream_get
 
@@ -51,6 +52,8 @@ WRITE_FAILED = "The text could not be saved; it ends here."
 FINAL_STATUS_RETRY_SECONDS = 300.0
 
 _background: set[asyncio.Task[Any]] = set()
+#: Cancel listeners that outlive their generation until their stop message arrives.
+_listeners: set[asyncio.Task[Any]] = set()
 
 
 async def drive(
@@ -315,6 +318,7 @@ class _Generation:
                 group=self.group,
                 first_seq=self.next_seq,
                 texts=texts,
+                announce=False,
             )
         except StreamError:
             logger.warning("stream %s was settled elsewhere; driver stops", self.stream_id)
@@ -324,6 +328,7 @@ class _Generation:
             logger.warning("stream %s: chunk write failed for good: %r", self.stream_id, exc)
             self.write_error = WRITE_FAILED
         else:
+            await aannounce(self.group, chunk_frames(self.stream_id, self.next_seq, texts))
             self.next_seq = last_seq + 1
             return True
         self.request_cancel()
@@ -353,15 +358,17 @@ class _Generation:
                 return
 
     async def _stop_listener(self, listener: asyncio.Task[None]) -> None:
-        """End the listener with a message rather than a cancel: cancelling a pending
+        """End the listener with a message, never a cancel: cancelling a pending
         channels-redis ``receive`` can lose a message meant for another socket of this
-        process (measured: the first status frame of a stream went missing)."""
+        process (measured: a stream's first status frame; under load, final ones). The
+        listener exits when the message arrives; the driver does not wait for it."""
+        _listeners.add(listener)
+        listener.add_done_callback(_listeners.discard)
         try:
-            await asyncio.wait_for(self.layer.send(self.control, {"type": STOP_EVENT}), 2)
-            await asyncio.wait_for(asyncio.shield(listener), 5)
-        except Exception:
-            logger.warning("stream %s: listener did not stop; cancelling", self.stream_id)
-            listener.cancel()
+            await self.layer.send(self.control, {"type": STOP_EVENT})
+        except Exception as exc:
+            # The layer is away: the listener waits on, and ends with the process.
+            logger.warning("stream %s: could not stop its listener: %r", self.stream_id, exc)
 
     async def _finish(self, status: Status, error: str) -> str:
         """Record the final status, retrying through a database outage as writes do; if

@@ -24,6 +24,10 @@ def chunk_frame(stream_id: str, seq: int, text: str) -> Frame:
     return {"type": "chunk", "stream_id": stream_id, "seq": seq, "text": text}
 
 
+def chunk_frames(stream_id: str, first_seq: int, texts: list[str] | tuple[str, ...]) -> list[Frame]:
+    return [chunk_frame(stream_id, first_seq + offset, text) for offset, text in enumerate(texts)]
+
+
 def snapshot_frame(stream_id: str, text: str, last_seq: int, status: str) -> Frame:
     return {
         "type": "snapshot",

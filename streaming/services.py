@@ -21,7 +21,7 @@ from streaming.adapter import get_adapter
 from streaming.conf import app_settings
 from streaming.core.lifecycle import ACTIVE, Status, sources_for, text_digest
 from streaming.errors import StreamError
-from streaming.frames import announce_on_commit, chunk_frame, status_frame
+from streaming.frames import announce_on_commit, chunk_frames, status_frame
 from streaming.models import Chunk, Stream
 
 TIMEOUT_MESSAGE = "The stream's driver stopped responding (its lease expired)."
@@ -68,7 +68,12 @@ def stream_claim(*, stream_id: uuid.UUID | str, driver_channel: str) -> Stream |
 
 
 def chunk_append(
-    *, stream_id: uuid.UUID | str, group: str, first_seq: int, texts: Sequence[str]
+    *,
+    stream_id: uuid.UUID | str,
+    group: str,
+    first_seq: int,
+    texts: Sequence[str],
+    announce: bool = True,
 ) -> int:
     """Persist ``texts`` as chunks ``first_seq, first_seq + 1, …`` and renew the lease, in
     one transaction; announce them after commit. Returns the new last seq.
@@ -76,7 +81,9 @@ def chunk_append(
     The UPDATE only matches a streaming stream whose last seq is ``first_seq - 1``, which
     keeps seqs gapless and stops a driver whose stream was settled by someone else. A
     retry of a write that did commit (the connection broke before the answer) is
-    recognised and succeeds without writing twice.
+    recognised and succeeds without writing twice. An async caller passes
+    ``announce=False`` and announces once this returns (after the commit too), which
+    spares the worker thread a hop back to the event loop.
     """
     last_seq = first_seq + len(texts) - 1
     now = timezone.now()
@@ -96,10 +103,8 @@ def chunk_append(
             Chunk(stream_id=stream_id, seq=first_seq + offset, text=text)
             for offset, text in enumerate(texts)
         )
-        announce_on_commit(
-            group,
-            [chunk_frame(str(stream_id), first_seq + i, text) for i, text in enumerate(texts)],
-        )
+        if announce:
+            announce_on_commit(group, chunk_frames(str(stream_id), first_seq, texts))
     return last_seq
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
@@ -39,8 +38,10 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
             await self.close()
             return
         try:
-            self.conversation = await database_sync_to_async(conversation_for)(
-                user=user, conversation_id=self.scope["url_route"]["kwargs"]["conversation_id"]
+            self.conversation = await streaming.run_in_db(
+                conversation_for,
+                user=user,
+                conversation_id=self.scope["url_route"]["kwargs"]["conversation_id"],
             )
         except Http404:
             await self.close()
@@ -77,11 +78,11 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
 
     async def prompt(self, text: Any) -> None:
         """Store the prompt, announce both messages, and drive the answer from here."""
-        user_message, answer = await database_sync_to_async(conversation_prompt)(
-            conversation=self.conversation, text=text
+        user_message, answer = await streaming.run_in_db(
+            conversation_prompt, conversation=self.conversation, text=text
         )
-        history = await database_sync_to_async(conversation_history)(
-            conversation=self.conversation, before=answer
+        history = await streaming.run_in_db(
+            conversation_history, conversation=self.conversation, before=answer
         )
         stream_id = str(answer.stream_id)
         # The driver's own frames go to it directly, so its message precedes its tokens.
