@@ -139,7 +139,7 @@ class FakeLLMServer:
     async def wait_for_async(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109  (same signature as wait_for, by design)
+        timeout: float = 5.0,
         interval: float = 0.01,
     ) -> bool:
         """``wait_for`` that sleeps with asyncio, leaving the caller's loop running."""
