@@ -115,13 +115,29 @@ def run_once_or_twice(name: str, ctx: helpers.Context) -> helpers.Section:
         traceback.print_exc()
         helpers.log(f"{name}: failed; running it again in 30 s")
         time.sleep(30)
-        from django.db import connections
-
-        for conn in connections.all():  # a restarted server leaves dead pooled connections
-            conn.close()
-            if getattr(conn, "pool", None) is not None:
-                conn.close_pool()
+        drop_connections()
         return module.run(ctx)
+
+
+def drop_connections() -> None:
+    """Forget every database connection of this process, dead ones included (a restarted
+    server leaves them in the pool, in this thread and in asgiref's sync thread)."""
+    import contextlib
+
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    def drop() -> None:
+        for conn in connections.all():
+            with contextlib.suppress(Exception):
+                conn.close()
+            with contextlib.suppress(Exception):
+                if getattr(conn, "pool", None) is not None:
+                    conn.close_pool()
+
+    drop()
+    with contextlib.suppress(Exception):
+        SyncToAsync.single_thread_executor.submit(drop).result(timeout=10)
 
 
 def failed_section(name: str, exc: Exception) -> helpers.Section:
