@@ -147,7 +147,7 @@ async def _replay(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(chunk["delay"])
         frame = chunk_frame(request["stream_id"], seq, chunk["text"])
         frame["bench_commit"] = time.monotonic()
-        await layer.group_send(request["group"], group_event(frame))
+        await layer.group_send(request["group"], group_event([frame]))
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b""})
 

@@ -27,6 +27,14 @@ class StreamingSettings:
         return float(self._get("FLUSH_MAX_DELAY", 1.0))
 
     @property
+    def FLUSH_MIN_INTERVAL(self) -> float:
+        """Seconds between the starts of two writes of one stream while text flows: the
+        sentences of a model faster than that share one write and one channel-layer
+        message, so a stream's database and Redis load is bounded whatever the model's
+        speed. At a usual model's pace (a sentence every few hundred ms) it never waits."""
+        return float(self._get("FLUSH_MIN_INTERVAL", 0.1))
+
+    @property
     def LEASE_SECONDS(self) -> float:
         """A driver that shows no sign of life for this long is presumed dead."""
         return float(self._get("LEASE_SECONDS", 15.0))

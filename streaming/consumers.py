@@ -17,12 +17,14 @@ import time
 import uuid
 from typing import Any
 
+from channels.consumer import get_handler_name
+
 from streaming.adapter import get_adapter
 from streaming.asyncdb import run_in_db
 from streaming.conf import app_settings
 from streaming.driver import cancel_stream
 from streaming.errors import StreamError
-from streaming.frames import Frame, chunk_frame, snapshot_frame, status_frame
+from streaming.frames import FRAMES_EVENT, Frame, chunk_frame, snapshot_frame, status_frame
 from streaming.models import Stream
 from streaming.outages import TRANSIENT_ERRORS
 from streaming.selectors import catch_up, stream_get
@@ -65,9 +67,15 @@ class StreamConsumerMixin:
 
     Call ``stream_follow(stream_id)`` when the socket learns of a new stream (for
     example when it relays the message that announced it), and route client frames
-    through ``stream_receive_frame``. The group handlers ``stream_chunk`` and
-    ``stream_status`` need no call.
+    through ``stream_receive_frame``. The group handler ``stream_frames`` needs no call.
     """
+
+    #: Channel-layer events whose handlers reach the database only through
+    #: ``run_in_db`` (which refreshes connections itself), so they skip Channels'
+    #: per-message ``close_old_connections``, a round trip to its single database
+    #: thread: every socket pays it for every chunk, and at 1,000 viewers it doubled the
+    #: fanout latency. A consumer adds its own such events.
+    direct_events: frozenset[str] = frozenset({FRAMES_EVENT})
 
     max_frame_bytes: int = 256 * 1024
     #: Token bucket for client frames: a sustained rate and a burst, per socket.
@@ -204,8 +212,21 @@ class StreamConsumerMixin:
 
     # --- group events ----------------------------------------------------------------------
 
-    async def stream_chunk(self, event: dict[str, Any]) -> None:
-        frame: Frame = event["frame"]
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"] in self.direct_events:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)  # type: ignore[misc]
+
+    async def stream_frames(self, event: dict[str, Any]) -> None:
+        """The frames of one write (chunks, or a status) in order."""
+        for frame in event["frames"]:
+            if frame["type"] == "chunk":
+                await self._forward_chunk(frame)
+            else:
+                await self._forward_status(frame)
+
+    async def _forward_chunk(self, frame: Frame) -> None:
         stream_id, seq = frame["stream_id"], frame["seq"]
         cursor = self.stream_cursors.get(stream_id)
         if cursor is None or seq <= cursor:
@@ -216,8 +237,7 @@ class StreamConsumerMixin:
             await self.send_json(frame)
             self.stream_cursors[stream_id] = seq
 
-    async def stream_status(self, event: dict[str, Any]) -> None:
-        frame: Frame = event["frame"]
+    async def _forward_status(self, frame: Frame) -> None:
         stream_id = frame["stream_id"]
         cursor = self.stream_cursors.get(stream_id)
         final_seq = frame.get("last_seq")

@@ -35,7 +35,7 @@ from streaming.core.batching import SentenceBatcher
 from streaming.core.lifecycle import Status
 from streaming.core.text import clean_text
 from streaming.errors import StreamError
-from streaming.frames import aannounce, chunk_frames
+from streaming.frames import aannounce, chunk_frames, finish_frames
 from streaming.outages import DB_OUTAGE_ERRORS
 from streaming.selectors import get_stream_body, stream_get
 
@@ -283,24 +283,32 @@ class _Generation:
     # --- persistence, beside the token path ------------------------------------------
 
     async def _persist(self) -> None:
+        """Write pending batches, at most one write per FLUSH_MIN_INTERVAL (the batches
+        of a fast model share a write). What is pending when the text ends is left to
+        ``_finish``, which writes it with the final status."""
         renew_every = app_settings.LEASE_SECONDS / 3
+        min_interval = app_settings.FLUSH_MIN_INTERVAL
         last_write = time.monotonic()
+        next_write_at = 0.0
         while True:
             now = time.monotonic()
             if self.batcher.due(now):
                 self._take(self.batcher.flush())
-            if self.pending:
-                if not await self._write():
-                    return
-                last_write = time.monotonic()
-                continue
             if not self.generating:
                 return
+            if self.pending and now >= next_write_at:
+                if not await self._write():
+                    return
+                next_write_at = now + min_interval
+                last_write = time.monotonic()
+                continue
             if now >= last_write + renew_every:
                 await self._renew_lease()
                 last_write = time.monotonic()
                 continue
             wait = last_write + renew_every - now
+            if self.pending:
+                wait = min(wait, next_write_at - now)
             deadline = self.batcher.deadline
             if deadline is not None:
                 wait = min(wait, deadline - now)
@@ -371,24 +379,42 @@ class _Generation:
             logger.warning("stream %s: could not stop its listener: %r", self.stream_id, exc)
 
     async def _finish(self, status: Status, error: str) -> str:
-        """Record the final status, retrying through a database outage as writes do; if
-        that fails for too long, the reaper settles the stream once the database is back."""
+        """Record the final status with the last chunks, in one transaction, retrying
+        through a database outage as writes do; if that fails for too long, the reaper
+        settles the stream once the database is back. Chunks the database refuses (or
+        after a write failed for good) are dropped: the status then goes alone, as an
+        error, and the text ends where the database stopped taking it."""
+        tail = [] if self.write_error is not None else self.pending
         try:
             if not self.settled_elsewhere:
-                stream = await _with_db_retry(
-                    services.stream_finish,
-                    retry_for=FINAL_STATUS_RETRY_SECONDS,
-                    stream_id=self.stream_id,
-                    status=status,
-                    error=error,
-                    only_from=[Status.STREAMING],
-                )
+                try:
+                    stream = await self._record_final(status, error, tail)
+                except DatabaseError as exc:
+                    if not tail or isinstance(exc, DB_OUTAGE_ERRORS):
+                        raise
+                    logger.warning("stream %s: last chunks refused: %r", self.stream_id, exc)
+                    tail = []
+                    stream = await self._record_final(Status.ERROR, WRITE_FAILED, tail)
                 if stream is not None:
+                    await aannounce(self.group, finish_frames(stream, self.next_seq, tail))
                     return stream.text
             return (await _with_db_retry(get_stream_body, stream_id=self.stream_id)).text
         except DatabaseError:
             logger.error("stream %s: could not record its final status", self.stream_id)
             return ""
+
+    async def _record_final(self, status: Status, error: str, tail: list[str]) -> Any:
+        return await _with_db_retry(
+            services.stream_finish,
+            retry_for=FINAL_STATUS_RETRY_SECONDS,
+            stream_id=self.stream_id,
+            status=status,
+            error=error,
+            only_from=[Status.STREAMING],
+            first_seq=self.next_seq,
+            texts=tail,
+            announce=False,
+        )
 
 
 async def _with_db_retry[T](

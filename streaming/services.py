@@ -21,7 +21,7 @@ from streaming.adapter import get_adapter
 from streaming.conf import app_settings
 from streaming.core.lifecycle import ACTIVE, Status, sources_for, text_digest
 from streaming.errors import StreamError
-from streaming.frames import announce_on_commit, chunk_frames, status_frame
+from streaming.frames import announce_on_commit, chunk_frames, finish_frames, status_frame
 from streaming.models import Chunk, Stream
 
 TIMEOUT_MESSAGE = "The stream's driver stopped responding (its lease expired)."
@@ -126,12 +126,18 @@ def stream_finish(
     error: str = "",
     only_if_expired: bool = False,
     only_from: Sequence[Status] | None = None,
+    first_seq: int = 0,
+    texts: Sequence[str] = (),
+    announce: bool = True,
 ) -> Stream | None:
     """Move a stream to a final status and compact it; None if it could not move.
 
-    The status UPDATE comes first, so it locks the row: no chunk can be appended between
-    reading the chunks and writing the compacted text. The adapter's hook runs in the same
-    transaction, and the status frame goes out after the commit.
+    A driver passes its last ``texts`` (chunks ``first_seq``, …), guarded like
+    ``chunk_append``: its end is one transaction and one announcement, chunks then
+    status. The status UPDATE comes first, so it locks the row: no chunk can be appended
+    between reading the chunks and writing the compacted text. The adapter's hook runs
+    in the same transaction, and the frames go out after the commit (``announce=False``:
+    the async caller sends ``finish_frames`` itself once this returns).
     """
     assert Status(status).is_final, status
     now = timezone.now()
@@ -139,8 +145,16 @@ def stream_finish(
     matching = Stream.objects.filter(id=stream_id, status__in=sources)
     if only_if_expired:
         matching = matching.filter(lease_expires_at__lt=now)
-    if not matching.update(status=status, error=error, finished_at=now, updated_at=now):
+    changes: dict[str, Any] = {"status": status, "error": error, "finished_at": now}
+    if texts:
+        matching = matching.filter(last_seq=first_seq - 1)
+        changes["last_seq"] = first_seq + len(texts) - 1
+    if not matching.update(**changes, updated_at=now):
         return None
+    Chunk.objects.bulk_create(
+        Chunk(stream_id=stream_id, seq=first_seq + offset, text=text)
+        for offset, text in enumerate(texts)
+    )
     text = "".join(
         Chunk.objects.filter(stream_id=stream_id).order_by("seq").values_list("text", flat=True)
     )
@@ -150,7 +164,8 @@ def stream_finish(
     )
     stream = Stream.objects.get(id=stream_id)
     get_adapter().stream_finished(stream)
-    announce_on_commit(stream.group, [status_frame(stream)])
+    if announce:
+        announce_on_commit(stream.group, finish_frames(stream, first_seq, texts))
     return stream
 
 

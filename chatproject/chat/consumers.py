@@ -29,6 +29,8 @@ def message_frame(message: Message, *, driving: bool) -> dict[str, Any]:
 
 
 class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
+    direct_events = streaming.StreamConsumerMixin.direct_events | {MESSAGE_EVENT}
+
     async def connect(self) -> None:
         self.closed = False
         self.driving: set[str] = set()

@@ -65,7 +65,7 @@ def test_the_group_hears_the_timeout_after_the_commit(
     assert len(callbacks) == 1  # nothing is announced before the commit
     callbacks[0]()
     event = async_to_sync(layer.receive)(channel)
-    frame = event["frame"]
+    [frame] = event["frames"]
     assert (frame["type"], frame["stream_id"], frame["status"]) == (
         "status",
         str(stream.id),

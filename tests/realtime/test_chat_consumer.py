@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from channels.sessions import InstanceSessionWrapper
 from django.utils import timezone
 
 from chatproject.chat.models import Message
@@ -60,6 +61,23 @@ async def test_another_users_conversation_is_refused(make_user, make_conversatio
     conversation = await make_conversation(await make_user("ann"))
     connected, _ = await connect(conversation.pk, user=await make_user("bob"))
     assert not connected
+
+
+async def test_frames_to_a_socket_skip_channels_session_save_wrapper(
+    make_user, make_conversation, connect, monkeypatch
+):
+    wrapped: list[str] = []
+    original = InstanceSessionWrapper.send
+
+    async def spy(self, message):
+        wrapped.append(message["type"])
+        return await original(self, message)
+
+    monkeypatch.setattr(InstanceSessionWrapper, "send", spy)
+    _, _, socket = await user_conversation_socket(make_user, make_conversation, connect)
+    await socket.send({"type": "ping"})
+    assert (await socket.next())["type"] == "error"
+    assert wrapped == []
 
 
 # --- the driven pattern --------------------------------------------------------------------
@@ -344,10 +362,58 @@ async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
     )
     # Only the last chunk's broadcast arrives: seq 0 and 1 were "dropped".
     await get_channel_layer().group_send(
-        "elsewhere", group_event(chunk_frame(str(stream.id), 2, "C."))
+        "elsewhere", group_event([chunk_frame(str(stream.id), 2, "C.")])
     )
     frames = [await socket.next() for _ in range(3)]
     assert [(f["seq"], f["text"]) for f in frames] == [(0, "A. "), (1, "B. "), (2, "C.")]
+
+
+async def test_the_chunks_of_one_write_reach_the_socket_as_frames_in_seq_order(
+    make_user, make_conversation, connect
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    stream = await sync_to_async(services.stream_create)(group="one.write", owner=user)
+    await sync_to_async(services.stream_claim)(stream_id=stream.id, driver_channel="x")
+    _, socket = await connect(conversation.pk, user=user)
+    await socket.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
+    await socket.send({"type": "ping"})  # frames are handled in order: once its error
+    await socket.until(lambda f: f["type"] == "error")  # is back, the resume is done
+    await sync_to_async(services.chunk_append)(
+        stream_id=stream.id, group="one.write", first_seq=0, texts=["A. ", "B. ", "C."]
+    )
+    frames = [await socket.next() for _ in range(3)]
+    assert [(f["type"], f["seq"], f["text"]) for f in frames] == [
+        ("chunk", 0, "A. "),
+        ("chunk", 1, "B. "),
+        ("chunk", 2, "C."),
+    ]
+
+
+async def test_group_events_skip_channels_database_thread_hop(
+    make_user, make_conversation, connect, monkeypatch
+):
+    hops: list[str] = []
+
+    async def counted_hop() -> None:
+        hops.append("hop")
+
+    monkeypatch.setattr("channels.consumer.aclose_old_connections", counted_hop)
+    _, conversation, socket = await user_conversation_socket(make_user, make_conversation, connect)
+    hops.clear()
+    layer = get_channel_layer()
+    frame = {"type": "status", "stream_id": "s", "status": "done", "last_seq": -1}
+    await layer.group_send(conversation.group_name, group_event([frame]))
+    await layer.group_send(
+        conversation.group_name,
+        {"type": "chat.message", "frame": {"type": "message", "message": {"stream_id": None}},
+         "sender": "other"},
+    )  # fmt: skip
+    assert [(await socket.next())["type"] for _ in range(2)] == ["status", "message"]
+    assert hops == []
+    await socket.send({"type": "ping"})
+    await socket.until(lambda f: f["type"] == "error")
+    assert hops == ["hop"]  # client frames keep Channels' connection hygiene
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.db import DataError
 from django.utils import timezone
 
 import streaming
 from streaming.core.lifecycle import Status, text_digest
+from streaming.driver import WRITE_FAILED
 from streaming.models import Chunk, Stream
 from tests.streaming.conftest import deltas
 
@@ -149,6 +151,47 @@ async def test_text_without_boundaries_is_flushed_by_the_delay(amake_stream, set
     await task
 
 
+async def test_a_model_faster_than_the_write_interval_shares_writes_not_rows(
+    amake_stream, settings
+):
+    settings.STREAMING_FLUSH_MIN_INTERVAL = 60.0
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    stream = await amake_stream(group="test.interval")
+    await layer.group_add("test.interval", channel)
+    sentences = [f"Sentence {n}. " for n in range(10)]
+    await streaming.drive(stream.id, deltas(sentences, pause=0.01))
+    events = []
+    while not events or events[-1][-1].get("status") != "done":
+        events.append((await asyncio.wait_for(layer.receive(channel), 5))["frames"])
+    # The first sentence is written at once; the nine that came within the interval
+    # wait for the end of the text and share its write with the final status, one
+    # channel-layer message, each sentence still its own row.
+    assert [[f.get("seq", f.get("status")) for f in frames] for frames in events] == [
+        ["streaming"],
+        [0],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, "done"],
+    ]
+    assert await chunk_texts(stream.id) == sentences
+
+
+async def test_last_chunks_the_database_refuses_end_the_stream_in_error_without_them(
+    amake_stream, monkeypatch
+):
+    stream = await amake_stream()
+    finish = streaming.services.stream_finish
+
+    def refuse_chunks(**kwargs):
+        if kwargs["texts"]:
+            raise DataError("value too long")
+        return finish(**kwargs)
+
+    monkeypatch.setattr(streaming.services, "stream_finish", refuse_chunks)
+    assert await streaming.drive(stream.id, deltas(["Kept. ", "Refused"], pause=0.05)) == "Kept. "
+    row = await Stream.objects.aget(id=stream.id)
+    assert (row.status, row.error, row.text) == (Status.ERROR, WRITE_FAILED, "Kept. ")
+
+
 async def test_a_quiet_driver_renews_its_lease(amake_stream, settings):
     settings.STREAMING_LEASE_SECONDS = 0.3
     stream = await amake_stream()
@@ -196,13 +239,11 @@ async def test_chunk_and_status_frames_reach_the_group_after_commit(amake_stream
     stream = await amake_stream(group="test.frames")
     await layer.group_add("test.frames", channel)
     await streaming.drive(stream.id, deltas(SENTENCES))
-    events = []
-    while True:
+    frames = []
+    while not frames or frames[-1].get("status") != "done":
         event = await asyncio.wait_for(layer.receive(channel), 5)
-        events.append(event["frame"])
-        if event["frame"]["type"] == "status" and event["frame"]["status"] == "done":
-            break
-    kinds = [(f["type"], f.get("seq", f.get("status"))) for f in events]
+        frames += event["frames"]
+    kinds = [(f["type"], f.get("seq", f.get("status"))) for f in frames]
     assert kinds == [
         ("status", "streaming"),
         ("chunk", 0),
@@ -210,7 +251,7 @@ async def test_chunk_and_status_frames_reach_the_group_after_commit(amake_stream
         ("chunk", 2),
         ("status", "done"),
     ]
-    assert events[-1]["sha256"] == text_digest("".join(SENTENCES))[1]
+    assert frames[-1]["sha256"] == text_digest("".join(SENTENCES))[1]
 
 
 async def test_get_stream_body_reads_after_a_seq(amake_stream):

@@ -109,6 +109,33 @@ def test_finishing_compacts_the_text_into_the_row(make_stream):
     assert finished.finished_at is not None
 
 
+def test_finishing_with_the_last_chunks_writes_and_compacts_them_at_once(make_stream):
+    stream = make_stream()
+    claim(stream)
+    services.chunk_append(stream_id=stream.id, group=stream.group, first_seq=0, texts=["A. "])
+    finished = services.stream_finish(
+        stream_id=stream.id, status=Status.DONE, first_seq=1, texts=["B. ", "C."]
+    )
+    assert (finished.text, finished.last_seq) == ("A. B. C.", 2)
+    assert list(Chunk.objects.filter(stream=stream).order_by("seq").values_list("seq", "text")) == [
+        (0, "A. "),
+        (1, "B. "),
+        (2, "C."),
+    ]
+
+
+def test_a_finish_whose_chunks_would_leave_a_gap_changes_nothing(make_stream):
+    stream = make_stream()
+    claim(stream)
+    assert (
+        services.stream_finish(stream_id=stream.id, status=Status.DONE, first_seq=1, texts=["B."])
+        is None
+    )
+    stream.refresh_from_db()
+    assert (stream.status, stream.last_seq) == (Status.STREAMING, -1)
+    assert not Chunk.objects.filter(stream=stream).exists()
+
+
 @pytest.mark.parametrize("second", [Status.DONE, Status.ERROR, Status.TIMEOUT, Status.CANCELLED])
 def test_a_final_status_never_changes(make_stream, second):
     stream = make_stream()
