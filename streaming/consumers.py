@@ -38,6 +38,9 @@ MAX_TRACKED_STREAMS = 64
 #: 3000-4999.
 FLOOD_CLOSE_CODE = 4008
 UNAVAILABLE = "unavailable"
+#: Unicode as is, not \uXXXX: a CJK or emoji text is a third to half the bytes. One
+#: encoder for all frames (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 class FloodError(Exception):
@@ -142,8 +145,7 @@ class StreamConsumerMixin:
 
     @classmethod
     async def encode_json(cls, content: Any) -> str:
-        # Unicode as is, not \uXXXX: a CJK or emoji text is a third to half the bytes.
-        return json.dumps(content, ensure_ascii=False)
+        return _ENCODER.encode(content)
 
     async def send_error(self, code: str, detail: str) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail})

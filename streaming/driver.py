@@ -35,7 +35,7 @@ from streaming.core.batching import SentenceBatcher
 from streaming.core.lifecycle import Status
 from streaming.core.text import clean_text
 from streaming.errors import StreamError
-from streaming.frames import aannounce, chunk_frames, finish_frames
+from streaming.frames import aannounce, chunk_frames, finish_frames, status_frame
 from streaming.outages import DB_OUTAGE_ERRORS
 from streaming.selectors import get_stream_body, stream_get
 
@@ -69,10 +69,13 @@ async def drive(
     """
     layer = get_channel_layer()
     control = await layer.new_channel() if layer is not None else ""
-    stream = await run_in_db(services.stream_claim, stream_id=stream_id, driver_channel=control)
+    stream = await run_in_db(
+        services.stream_claim, stream_id=stream_id, driver_channel=control, announce=False
+    )
     if stream is None:
         await _aclose(deltas)
         raise StreamError(StreamError.ALREADY_CLAIMED, "This stream already has a driver.")
+    await aannounce(stream.group, [status_frame(stream)])
     return await _Generation(str(stream.id), stream.group, deltas, on_token, layer, control).run()
 
 

@@ -49,9 +49,12 @@ def stream_create(*, group: str, owner: Any = None) -> Stream:
     )
 
 
-def stream_claim(*, stream_id: uuid.UUID | str, driver_channel: str) -> Stream | None:
+def stream_claim(
+    *, stream_id: uuid.UUID | str, driver_channel: str, announce: bool = True
+) -> Stream | None:
     """The pending → streaming compare-and-set: the stream for exactly one claimer, ever;
-    None for every other (and for an unknown id)."""
+    None for every other (and for an unknown id). ``announce=False``: the async caller
+    sends the status frame itself once this returns."""
     now = timezone.now()
     with transaction.atomic():
         won = Stream.objects.filter(id=stream_id, status__in=sources_for(Status.STREAMING)).update(
@@ -63,7 +66,8 @@ def stream_claim(*, stream_id: uuid.UUID | str, driver_channel: str) -> Stream |
         if not won:
             return None
         stream = Stream.objects.get(id=stream_id)
-        announce_on_commit(stream.group, [status_frame(stream)])
+        if announce:
+            announce_on_commit(stream.group, [status_frame(stream)])
     return stream
 
 

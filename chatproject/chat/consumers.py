@@ -92,15 +92,14 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
         self.driving.add(stream_id)
         await self.send_json(message_frame(user_message, driving=False))
         await self.send_json(message_frame(answer, driving=True))
-        for message in (user_message, answer):
-            await self.channel_layer.group_send(
-                self.group,
-                {
-                    "type": MESSAGE_EVENT,
-                    "frame": message_frame(message, driving=False),
-                    "sender": self.channel_name,
-                },
-            )
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": MESSAGE_EVENT,
+                "frames": [message_frame(m, driving=False) for m in (user_message, answer)],
+                "sender": self.channel_name,
+            },
+        )
         streaming.drive_in_background(
             stream_id, get_provider().stream(history), on_token=self._token_sender(stream_id)
         )
@@ -115,8 +114,8 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
     async def chat_message(self, event: dict[str, Any]) -> None:
         if event["sender"] == self.channel_name:
             return
-        frame = event["frame"]
-        stream_id = frame["message"]["stream_id"]
-        if stream_id:
-            self.stream_follow(stream_id)
-        await self.send_json(frame)
+        for frame in event["frames"]:
+            stream_id = frame["message"]["stream_id"]
+            if stream_id:
+                self.stream_follow(stream_id)
+            await self.send_json(frame)

@@ -406,7 +406,7 @@ async def test_group_events_skip_channels_database_thread_hop(
     await layer.group_send(conversation.group_name, group_event([frame]))
     await layer.group_send(
         conversation.group_name,
-        {"type": "chat.message", "frame": {"type": "message", "message": {"stream_id": None}},
+        {"type": "chat.message", "frames": [{"type": "message", "message": {"stream_id": None}}],
          "sender": "other"},
     )  # fmt: skip
     assert [(await socket.next())["type"] for _ in range(2)] == ["status", "message"]
