@@ -219,3 +219,35 @@ def test_http_fallback_polls_until_final(client):
     harness.page.evaluate("() => window.client.startPolling()")
     assert harness.finals() == [{"status": "done", "text": "One. Two. Three.", "verified": None}]
     harness.page.evaluate("() => window.client.stopPolling()")
+
+
+WATCHING = """
+(silenceTimeout) => {
+  window.client = new window.client.constructor({
+    send: (frame) => { window.sent.push(frame); return true; },
+    onFinal: (s) => window.finals.push({ status: s.status, text: s.text, verified: s.verified }),
+    silenceTimeout,
+  });
+}
+"""
+
+
+def test_a_silent_stream_is_resumed_so_a_lost_final_status_still_arrives(client):
+    harness = client()
+    harness.page.evaluate(WATCHING, 200)
+    harness.follow()
+    harness.frames(chunk(0, "Hello."))  # then the final status is lost on the way
+    harness.page.wait_for_function("() => window.sent.length > 0")
+    assert harness.sent == [resume(0)]
+    harness.frames(final("Hello.", 0))  # the resume's reply
+    assert harness.finals() == [{"status": "done", "text": "Hello.", "verified": True}]
+
+
+def test_a_stream_that_keeps_talking_is_not_resumed(client):
+    harness = client()
+    harness.page.evaluate(WATCHING, 600)
+    harness.follow()
+    for seq in range(24):  # 1.2 s, a frame every 50 ms: never 600 ms of silence
+        harness.frames(chunk(seq, f"{seq} "))
+        harness.page.wait_for_timeout(50)
+    assert harness.sent == []

@@ -18,6 +18,13 @@
 const FINAL = new Set(["done", "error", "cancelled", "timeout"]);
 /** How often a stream's end is fetched again (text missing or not matching) before we give up. */
 const MAX_RESYNCS = 3;
+/**
+ * Milliseconds an unfinished stream may stay silent before it is resumed. Broadcasts are
+ * at most once: a lost chunk shows as a gap at the next one, but a lost final status
+ * (or last chunks) shows as nothing at all, so silence is the only sign. A resume costs
+ * the server one read, and a stream that is merely slow answers it with nothing.
+ */
+const SILENCE_TIMEOUT = 10000;
 
 export const isFinal = (status) => FINAL.has(status);
 
@@ -48,6 +55,7 @@ export class StreamState {
     this.verified = null; // true / false once final; null: not final, or nothing to check
     this.resyncs = 0;
     this.resumedAfter = null; // the `after` of the resume in flight, to send it once
+    this.heardAt = performance.now(); // the last frame of this stream, or our last resume
     this.version = 0; // bumped on every change of text, so a late verification is dropped
   }
 
@@ -69,6 +77,8 @@ export class StreamClient {
    * @param {(s: StreamState) => void} [options.onFinal]  reached its final status (once)
    * @param {(id: string, after: number) => string} [options.streamUrl]  the HTTP fallback's URL
    * @param {number} [options.pollInterval]  milliseconds between polls of the fallback
+   * @param {number} [options.silenceTimeout]  milliseconds of silence before an unfinished
+   *   stream is resumed (0: never)
    */
   constructor({
     send,
@@ -76,6 +86,7 @@ export class StreamClient {
     onFinal = () => {},
     streamUrl = (id, after) => `/api/streams/${encodeURIComponent(id)}/?after=${after}`,
     pollInterval = 1000,
+    silenceTimeout = SILENCE_TIMEOUT,
   }) {
     this.send = send;
     this.onUpdate = onUpdate;
@@ -86,6 +97,8 @@ export class StreamClient {
     this.streams = new Map();
     this.polling = false;
     this.pollTimer = null;
+    this.silenceTimeout = silenceTimeout;
+    this.watchTimer = null;
   }
 
   get(id) {
@@ -109,12 +122,14 @@ export class StreamClient {
       s.driving = true;
       s.tokens = s.text;
     }
+    if (!s.final) this.#watch();
     return s;
   }
 
   /** True when `frame` is one of the component's frames (applied if its stream is followed). */
   handleFrame(frame) {
     const s = frame && typeof frame.stream_id === "string" && this.streams.get(frame.stream_id);
+    if (s) s.heardAt = performance.now();
     switch (frame?.type) {
       case "token":
         if (s) this.#token(s, frame);
@@ -151,6 +166,7 @@ export class StreamClient {
     if (!force && s.resumedAfter === s.lastSeq) return;
     if (this.send({ type: "resume", stream_id: s.id, after: s.lastSeq })) {
       s.resumedAfter = s.lastSeq;
+      s.heardAt = performance.now();
     }
   }
 
@@ -159,6 +175,28 @@ export class StreamClient {
     for (const s of this.streams.values()) {
       s.resumedAfter = null;
       this.#stopDriving(s);
+    }
+  }
+
+  // --- silence -----------------------------------------------------------------------
+
+  #watch() {
+    if (this.watchTimer !== null || !this.silenceTimeout) return;
+    this.watchTimer = setInterval(() => this.#resumeSilent(), this.silenceTimeout / 2);
+  }
+
+  /** Resume every unfinished stream silent for too long; stop watching when none is left. */
+  #resumeSilent() {
+    const now = performance.now();
+    let open = 0;
+    for (const s of this.streams.values()) {
+      if (s.final) continue;
+      open += 1;
+      if (now - s.heardAt >= this.silenceTimeout) this.resume(s.id, { force: true });
+    }
+    if (!open) {
+      clearInterval(this.watchTimer);
+      this.watchTimer = null;
     }
   }
 
