@@ -16,8 +16,6 @@ import os
 import re
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -25,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from tests import servers
+from tests.servers import DaphneServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -227,12 +228,6 @@ def make_user(name: str) -> Any:
 # --- daphne servers and websocket clients ----------------------------------------------
 
 
-def _tests_servers() -> Any:
-    from tests import servers
-
-    return servers
-
-
 def server_env(ctx: Context, **extra: Any) -> dict[str, str]:
     """The environment of a benchmark daphne: the throwaway database (pooled on
     PostgreSQL, as in production), DEBUG off, no per-owner stream limit."""
@@ -244,56 +239,20 @@ def server_env(ctx: Context, **extra: Any) -> dict[str, str]:
         LLM_PROVIDER="demo",
     )
     settings.update({key: str(value) for key, value in extra.items()})
-    return _tests_servers().server_env(redis_url=ctx.redis_url, llm_base_url=None, **settings)
+    return servers.server_env(redis_url=ctx.redis_url, llm_base_url=None, **settings)
 
 
-class BenchServer:
+@dataclass
+class BenchServer(DaphneServer):
     """A daphne process serving ``bench.echo_asgi`` (the chat app, the echo route and
     the benchmarks' instrumentation) on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], app: str = "bench.echo_asgi:application") -> None:
-        servers = _tests_servers()
-        self.env, self.app = env, app
-        self.port = servers.free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path: Path | None = None
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    app: str = "bench.echo_asgi:application"
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
-
-    def start(self, log_dir: Path) -> BenchServer:
-        import socket
-
-        self.log_path = log_dir / f"daphne-{self.port}.log"
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-        command += ["--application-close-timeout", "5", self.app]
-        with self.log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"daphne did not listen within 30 s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
 
     def rss_kib(self) -> int:
         """Resident memory of the daphne process, from /proc."""
@@ -301,16 +260,6 @@ class BenchServer:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @contextlib.contextmanager
@@ -325,7 +274,7 @@ def running(*servers: BenchServer, log_dir: Path) -> Iterator[None]:
 
 
 def session_cookie(user: Any) -> str:
-    return _tests_servers().session_cookie(user)
+    return servers.session_cookie(user)
 
 
 async def ws_connect(server: BenchServer, path: str, cookie: str | None = None) -> Any:

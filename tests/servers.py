@@ -43,12 +43,13 @@ def database_url() -> str:
 
 @dataclass
 class DaphneServer:
-    """One daphne process serving chatproject.asgi on a free loopback port."""
+    """One daphne process serving ``app`` (chatproject.asgi) on a free loopback port."""
 
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    app: str = "chatproject.asgi:application"
 
     @property
     def http_url(self) -> str:
@@ -72,7 +73,7 @@ class DaphneServer:
                 str(self.port),
                 "--application-close-timeout",
                 "5",
-                "chatproject.asgi:application",
+                self.app,
             ],
             cwd=ROOT,
             env=self.env,

@@ -348,15 +348,25 @@ async def test_a_resume_of_an_expired_stream_settles_it_as_timeout_for_everyone(
     assert (await watcher.until_final(str(stream.id)))["status"] == "timeout"
 
 
-async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
-    make_user, make_conversation, connect
-):
+async def socket_following_a_live_stream(make_user, make_conversation, connect, group: str):
+    """A socket that has resumed a claimed, empty stream whose frames go to ``group``."""
     user = await make_user()
     conversation = await make_conversation(user)
-    stream = await sync_to_async(services.stream_create)(group="elsewhere", owner=user)
+    stream = await sync_to_async(services.stream_create)(group=group, owner=user)
     await sync_to_async(services.stream_claim)(stream_id=stream.id, driver_channel="x")
     _, socket = await connect(conversation.pk, user=user)
     await socket.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
+    await socket.send({"type": "ping"})  # frames are handled in order: once its error
+    await socket.until(lambda f: f["type"] == "error")  # is back, the resume is done
+    return stream, socket
+
+
+async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
+    make_user, make_conversation, connect
+):
+    stream, socket = await socket_following_a_live_stream(
+        make_user, make_conversation, connect, "elsewhere"
+    )
     await sync_to_async(services.chunk_append)(
         stream_id=stream.id, group="nobody", first_seq=0, texts=["A. ", "B. ", "C."]
     )
@@ -371,14 +381,9 @@ async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
 async def test_the_chunks_of_one_write_reach_the_socket_as_frames_in_seq_order(
     make_user, make_conversation, connect
 ):
-    user = await make_user()
-    conversation = await make_conversation(user)
-    stream = await sync_to_async(services.stream_create)(group="one.write", owner=user)
-    await sync_to_async(services.stream_claim)(stream_id=stream.id, driver_channel="x")
-    _, socket = await connect(conversation.pk, user=user)
-    await socket.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
-    await socket.send({"type": "ping"})  # frames are handled in order: once its error
-    await socket.until(lambda f: f["type"] == "error")  # is back, the resume is done
+    stream, socket = await socket_following_a_live_stream(
+        make_user, make_conversation, connect, "one.write"
+    )
     await sync_to_async(services.chunk_append)(
         stream_id=stream.id, group="one.write", first_seq=0, texts=["A. ", "B. ", "C."]
     )

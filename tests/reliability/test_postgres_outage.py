@@ -46,20 +46,25 @@ async def _answer_under_way(start_daphne, redis_url, fake_llm, **env):
     return front, back, driver, viewer, stream_id
 
 
+async def _outage(postgres_outage, seconds: float, stream_id: str, *pages: Page):
+    """Stop PostgreSQL for ``seconds`` while ``pages`` follow the stream to its end.
+    Returns when the outage began and ended, and the tasks following the stream."""
+    following = [asyncio.create_task(p.until_final(stream_id, timeout=60)) for p in pages]
+    try:
+        down = await postgres_outage.stop()
+        await asyncio.sleep(seconds)
+    finally:
+        up = await postgres_outage.start()
+    return down, up, following
+
+
 async def test_a_short_postgres_outage_is_retried_and_the_persisted_text_is_whole(
     start_daphne, redis_url, postgres_outage, fake_llm, report
 ):
     front, back, driver, viewer, stream_id = await _answer_under_way(
         start_daphne, redis_url, fake_llm, STREAMING_DB_RETRY_SECONDS=20
     )
-    following = [
-        asyncio.create_task(p.until_final(stream_id, timeout=60)) for p in (driver, viewer)
-    ]
-    try:
-        down = await postgres_outage.stop()
-        await asyncio.sleep(1.5)
-    finally:
-        up = await postgres_outage.start()
+    down, up, following = await _outage(postgres_outage, 1.5, stream_id, driver, viewer)
     await asyncio.gather(*following)
 
     db = await persisted(stream_id)
@@ -103,14 +108,7 @@ async def test_a_postgres_outage_beyond_the_retry_bound_ends_as_error_and_the_dr
         start_daphne, redis_url, fake_llm, STREAMING_DB_RETRY_SECONDS=bound
     )
     seen_before = viewer.view(stream_id).text
-    following = [
-        asyncio.create_task(p.until_final(stream_id, timeout=60)) for p in (driver, viewer)
-    ]
-    try:
-        down = await postgres_outage.stop()
-        await asyncio.sleep(4.0)
-    finally:
-        up = await postgres_outage.start()
+    down, up, following = await _outage(postgres_outage, 4.0, stream_id, driver, viewer)
     told_at: list[float] = []
     for task in following:
         await task
