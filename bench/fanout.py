@@ -14,8 +14,7 @@ Baseline, right after, on the same sockets: a stream with one chunk is resumed b
 viewer, then the driver's daphne process sends the same chunk payloads with the same
 spacing by plain ``group_send`` to the conversation's group, each stamped just before
 the call (``POST /bench/replay/`` of ``bench.echo_asgi``). So the baseline has the same
-sending process, consumers, mixin and Redis, but no driver, no database and no
-``on_commit`` hop.
+sending process, consumers, mixin and Redis, but no driver and no database.
 """
 
 # The report is typeset: en dashes for ranges, × for ratios, on purpose.
