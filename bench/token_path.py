@@ -270,8 +270,8 @@ def run(ctx: Context) -> Section:
             "two cores. Per token the batcher adds about 2 µs; per write (at most one per "
             "0.1 s a stream) a transaction and one group message, which every socket of the "
             "conversation, the driver's included, receives and forwards. So the ratio grows "
-            "with the answer's length, and at a real model's pace (the second table) the "
-            "added latency per token is below a millisecond at p50."
+            "with the answer's length; what a reader feels at a real model's pace is the "
+            "added latency per token of the second table."
         )
     if lost:
         section.notes.append(
