@@ -49,6 +49,10 @@ class Message(models.Model):
     status = models.CharField(max_length=16, default="done")
     last_seq = models.IntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # An answer's text as sanitised HTML, rendered once when it ends: pages show it as
+    # is while ``html_version`` is chat.markdown.MARKDOWN_VERSION (0: never rendered).
+    html = models.TextField(blank=True, editable=False)
+    html_version = models.PositiveSmallIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -7,6 +7,7 @@ from typing import Any
 from django.http import Http404
 
 import streaming
+from chatproject.chat.markdown import MARKDOWN_VERSION
 from chatproject.chat.models import Conversation, Message
 
 ACTIVE = ("pending", "streaming")
@@ -36,15 +37,23 @@ def message_payload(message: Message) -> dict[str, Any]:
     }
 
 
-def conversation_messages(*, conversation: Conversation) -> list[dict[str, Any]]:
+def conversation_messages(
+    *, conversation: Conversation, with_html: bool = False
+) -> list[dict[str, Any]]:
     """Every message with the text persisted so far: three queries whatever the length.
-    A streaming message gets its persisted chunks and the seq to resume after."""
-    messages = list(Message.objects.filter(conversation=conversation).order_by("id"))
+    A streaming message gets its persisted chunks and the seq to resume after.
+    ``with_html``: each payload's ``html`` is the stored HTML where it is current, else
+    None (render the text)."""
+    rows = Message.objects.filter(conversation=conversation).order_by("id")
+    messages = list(rows if with_html else rows.defer("html"))
     active_ids = [m.stream_id for m in messages if m.stream_id and m.status in ACTIVE]
     bodies = streaming.active_stream_bodies(active_ids) if active_ids else {}
     payloads = []
     for message in messages:
         payload = message_payload(message)
+        if with_html:
+            current = message.html_version == MARKDOWN_VERSION
+            payload["html"] = message.html if current else None
         body = bodies.get(message.stream_id)
         if body is not None:
             payload.update(

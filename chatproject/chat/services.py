@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 import streaming
+from chatproject.chat.markdown import MARKDOWN_VERSION, render_markdown
 from chatproject.chat.models import Conversation, Message
 from chatproject.llm import ChatMessage
 
@@ -74,9 +75,16 @@ def conversation_prompt(*, conversation: Conversation, text: str) -> tuple[Messa
 
 
 def message_finalize(*, stream: Any) -> None:
-    """Copy a final stream's text and status into its message (the adapter's hook)."""
+    """Copy a final stream's text and status into its message, with the text rendered
+    once as HTML for every later page (the adapter's hook, in the stream's final
+    transaction)."""
     Message.objects.filter(stream_id=stream.id).update(
-        text=stream.text, status=stream.status, last_seq=stream.last_seq, error=stream.error
+        text=stream.text,
+        status=stream.status,
+        last_seq=stream.last_seq,
+        error=stream.error,
+        html=render_markdown(stream.text),
+        html_version=MARKDOWN_VERSION,
     )
 
 

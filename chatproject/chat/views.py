@@ -35,7 +35,7 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
 @login_required
 def conversation_page(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = conversation_for(user=request.user, conversation_id=conversation_id)
-    messages = conversation_messages(conversation=conversation)
+    messages = conversation_messages(conversation=conversation, with_html=True)
     return render(
         request,
         "chat/conversation.html",

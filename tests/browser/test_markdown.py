@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatproject.chat.templatetags.chat_markdown import render_markdown
+from chatproject.chat.markdown import render_markdown
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -7,6 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 import streaming
+from chatproject.chat.markdown import MARKDOWN_VERSION, render_markdown
 from chatproject.chat.models import Conversation, Message
 from chatproject.chat.services import conversation_prompt
 from streaming import services
@@ -74,6 +75,31 @@ def test_a_streaming_message_renders_its_persisted_text_and_last_seq(client, use
 def test_the_final_text_is_copied_into_the_message(conversation):
     message = answer(conversation, "Hi", ["A. ", "B."], final=Status.DONE)
     assert (message.text, message.status, message.last_seq) == ("A. B.", "done", 1)
+
+
+def test_a_final_answer_is_rendered_once_into_the_message(conversation):
+    message = answer(conversation, "Hi", ["**Bold** ", "<script>x</script>"], final=Status.DONE)
+    assert (message.html, message.html_version) == (
+        render_markdown("**Bold** <script>x</script>"),
+        MARKDOWN_VERSION,
+    )
+    assert "<strong>Bold</strong>" in message.html and "<script>" not in message.html
+
+
+def test_the_page_shows_the_stored_html_of_a_final_answer(client, user, conversation):
+    message = answer(conversation, "Hi", ["Rendered once."], final=Status.DONE)
+    Message.objects.filter(pk=message.pk).update(html="<p>from the row</p>")
+    client.force_login(user)
+    page = client.get(f"/conversations/{conversation.pk}/").content.decode()
+    assert "<p>from the row</p>" in page and "Rendered once." not in page
+
+
+def test_html_of_an_older_renderer_is_rendered_again_from_the_text(client, user, conversation):
+    message = answer(conversation, "Hi", ["*Fresh*"], final=Status.DONE)
+    Message.objects.filter(pk=message.pk).update(html="<p>stale</p>", html_version=0)
+    client.force_login(user)
+    page = client.get(f"/conversations/{conversation.pk}/").content.decode()
+    assert "<em>Fresh</em>" in page and "stale" not in page
 
 
 def test_the_message_keeps_its_text_when_the_stream_is_deleted(conversation):

