@@ -12,6 +12,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from bench import history
 from bench.helpers import BENCH_REDIS_DB, Context, Section, Table, database_version
 
 HEADER = """\
@@ -70,6 +71,7 @@ def write(
             goals.add(f"{section.title.split('.')[0]}. {goal.name}", goal.target, goal.result,
                       _met(goal.met))  # fmt: skip
     lines += _table(goals)
+    lines += ["## Hot spots fixed while measuring", "", history.INTRO, "", *_table(history.table())]
     for section in sections:
         lines += [f"## {section.title}", "", section.intro, ""]
         for table in section.tables:

@@ -1,0 +1,86 @@
+"""Hot spots the benchmarks found, each fixed in the code, with the numbers of the full
+runs before and after the fix. They come from earlier reports (``git show
+<commit>:docs/benchmarks.md``, PostgreSQL + Redis on this machine), not from this run:
+the report prints them under their own heading, so nothing measured today is mixed with
+them."""
+
+# The report is typeset: multiplication signs and arrows, on purpose.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+from bench.helpers import Table
+
+INTRO = (
+    "Each row is a hot spot found while measuring and fixed in the code. Before and after "
+    "are medians of the full runs whose reports were committed at the commits named "
+    "(`git show <commit>:docs/benchmarks.md`); the tables above are this run's."
+)
+
+#: (hot spot, fix, measure, before, after, runs)
+FIXES: list[tuple[str, str, str, str, str, str]] = [
+    (
+        "each chunk write hopped from the database thread back to the event loop "
+        "(`async_to_sync` in `on_commit`) while the loop traded the GIL with it",
+        "the driver announces its chunks from the loop once the write returns",
+        "token path, 1 fast stream",
+        "0.13× the echo",
+        "0.52×",
+        "0f6527f → f8ee215",
+    ),
+    (
+        "final statuses lost: a driver cancelled its pending channels-redis `receive`, "
+        "which can swallow another socket's message, and the per-process inbox held only "
+        "1,000 messages",
+        "the listener ends on a stop message, never by cancel; capacity 10,000 (one inbox "
+        "per process, not per socket)",
+        "final statuses lost, 100 fast streams",
+        "117 of 300",
+        "0 of 300",
+        "0f6527f → f8ee215",
+    ),
+    (
+        "Channels' `AsyncConsumer.dispatch` sends every group event through its single "
+        "database thread (`close_old_connections`), and its session middleware wraps "
+        "every frame sent",
+        "`StreamConsumerMixin.direct_events` skip the hop; websockets use "
+        "`SocketAuthMiddlewareStack`",
+        "fanout p99 at 1,000 viewers",
+        "1,314 ms (2.18× plain `group_send`)",
+        "197 ms (0.73×)",
+        "f8ee215 → 6e1f952",
+    ),
+    (
+        "a transaction and a Redis message per sentence, however fast the model",
+        "writes at least `STREAMING_FLUSH_MIN_INTERVAL` apart, one channel-layer message "
+        "per write, the last chunks written with the final status",
+        "token path, 10 fast streams",
+        "0.25× (4,607 tok/s)",
+        "0.34× (15,347 tok/s)",
+        "f8ee215 → 6e1f952",
+    ),
+    (
+        "the per-prompt hops: the claim's status announced from the database thread, the "
+        "prompt's two messages as two group sends",
+        "announced from the loop; one group event for both messages",
+        "first token, 100 prompts at once",
+        "1,531 ms",
+        "815 ms",
+        "f8ee215 → 6e1f952",
+    ),
+    (
+        "every page load rendered every answer's Markdown",
+        "rendered once when the answer ends, stored with `MARKDOWN_VERSION`",
+        "transcript page, 200 messages",
+        "67 ms",
+        "16 ms (measured side by side in 4.)",
+        "f8ee215 → 6e1f952",
+    ),
+]
+
+
+def table() -> Table:
+    fixes = Table("", ["hot spot", "fix", "measure", "before", "after", "runs"])
+    for row in FIXES:
+        fixes.add(*row)
+    return fixes
