@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
@@ -38,6 +38,9 @@ from streaming.errors import StreamError
 from streaming.frames import aannounce, chunk_frames, finish_frames, status_frame
 from streaming.outages import DB_OUTAGE_ERRORS
 from streaming.selectors import get_stream_body, stream_get
+
+if TYPE_CHECKING:
+    from streaming.models import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -406,7 +409,7 @@ class _Generation:
             logger.error("stream %s: could not record its final status", self.stream_id)
             return ""
 
-    async def _record_final(self, status: Status, error: str, tail: list[str]) -> Any:
+    async def _record_final(self, status: Status, error: str, tail: list[str]) -> Stream | None:
         return await _with_db_retry(
             services.stream_finish,
             retry_for=FINAL_STATUS_RETRY_SECONDS,

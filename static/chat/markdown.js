@@ -1,5 +1,5 @@
-// Markdown to safe HTML in the browser, configured exactly like the server's filter
-// (chatproject/chat/templatetags/chat_markdown.py) so a live answer and the same answer
+// Markdown to safe HTML in the browser, configured exactly like the server's renderer
+// (chatproject/chat/markdown.py) so a live answer and the same answer
 // after a reload look the same. markdown-it parses with raw HTML off; DOMPurify then
 // keeps only an allow-list, so a parser bug cannot become script execution.
 //

@@ -1,4 +1,4 @@
-"""Template filters for Markdown text (the rendering lives in ``chat.markdown``)."""
+"""The template filter for answers' Markdown (the rendering lives in ``chat.markdown``)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,10 @@ from chatproject.chat.markdown import render_markdown
 register = template.Library()
 
 
-@register.filter(name="markdown")
-def markdown_filter(text: str) -> SafeString:
-    """``{{ text|markdown }}``: safe to output unescaped (it is sanitised)."""
-    return mark_safe(render_markdown(str(text)))  # sanitised by nh3
-
-
 @register.filter(name="message_html")
 def message_html(message: dict[str, Any]) -> SafeString:
     """``{{ message|message_html }}``: the HTML stored when the answer ended, else the
     text rendered now (an answer still streaming, or HTML of an older renderer)."""
     html = message.get("html")
+    # Sanitised by nh3, whether stored or rendered now.
     return mark_safe(html if html is not None else render_markdown(message["text"]))
