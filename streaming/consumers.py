@@ -221,7 +221,7 @@ class StreamConsumerMixin:
             await super().dispatch(message)  # type: ignore[misc]
 
     async def stream_frames(self, event: dict[str, Any]) -> None:
-        """The frames of one write (chunks, or a status) in order."""
+        """The frames of one announcement in order: chunks, a status, or both."""
         for frame in event["frames"]:
             if frame["type"] == "chunk":
                 await self._forward_chunk(frame)
