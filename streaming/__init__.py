@@ -40,6 +40,8 @@ _EXPORTS = {
     "StreamAdapter": ("streaming.adapter", "StreamAdapter"),
     "StreamError": ("streaming.errors", "StreamError"),
     "Status": ("streaming.core.lifecycle", "Status"),
+    "Delta": ("streaming.core.deltas", "Delta"),
+    "Finish": ("streaming.core.deltas", "Finish"),
     "clean_text": ("streaming.core.text", "clean_text"),
     "run_in_db": ("streaming.asyncdb", "run_in_db"),
 }
