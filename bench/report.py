@@ -21,6 +21,68 @@ HEADER = """\
 Every performance claim of the project comes from this page, and this page comes from
 one command. Do not edit it by hand: run the command again.
 
+## How to run
+
+```console
+$ make bench                      # .venv/bin/python -m bench: SQLite + in-memory layer
+$ DATABASE_URL=postgres://postgres@127.0.0.1:5432/chatproject \\
+  REDIS_URL=redis://127.0.0.1:6379/0 make bench     # PostgreSQL + Redis (the real numbers)
+$ .venv/bin/python -m bench --quick                 # smoke test: small sizes, one run each
+$ .venv/bin/python -m bench --only tokens fanout    # some sections only
+```
+
+`--only` takes one or more of `writes`, `tokens`, `fanout`, `catchup`, `memory`, `purge`.
+Only a full run writes `docs/`; `--quick` and `--only` write to
+`$TMPDIR/chatproject-bench/` unless given `--output DIR`, so a smoke test never replaces
+the committed report.
+
+It measures, each against its baseline in the same run on the same machine, and reports
+the ratio:
+"""
+
+#: What each section compares, for the how-to-run part of the header.
+MEASURED = Table(
+    "",
+    ["", "ours", "baseline"],
+    [
+        ["write amplification", "sentence batching, model and the real driver",
+         "a write every 200 ms; a write per token"],
+        ["driver token path", "driven streams over real websockets (1/10/100)",
+         "a raw echo consumer sending the same token frames"],
+        ["fanout", "commit → arrival at 1 … 1,000 viewers on two processes",
+         "a plain `group_send` of the same payloads"],
+        ["catch-up", "stream API, resume, transcript page",
+         "5,000 chunks joined; one frame per chunk; 20 messages"],
+        ["memory", "RSS per idle viewer and per active stream", "the raw echo consumer"],
+        ["purge", "`streams_purge()` of 1,000,000 chunks in batches", "one unbatched DELETE"],
+    ],
+)  # fmt: skip
+
+HOW_TO_RUN_NOTES = """\
+While it runs it prints one progress line per step, and after each measurement it writes
+`docs/benchmarks.md` (machine, versions, the command, every table as the median of the
+repeated runs with the smallest and largest in brackets, and which goals were met) and
+the plots `docs/bench-*.png`. A full run takes about 8 to 15 minutes on 2 cores (it
+depends on the machine's load); `--quick` about 2. A measurement that fails (a database
+restarted under it) is run once more after 30 seconds; if it fails again, its section
+says why and the command exits with 1.
+
+- **Your data is safe.** The benchmarks never open the developer's database: without
+  `DATABASE_URL` they use a SQLite file in a temporary folder; with a PostgreSQL
+  `DATABASE_URL` they create a `bench_<pid>` database on that server, migrate into it and
+  drop it at the end. On Redis they use logical database 15 (`BENCH_REDIS_DB`), so their
+  channel-layer groups never reach a running dev server.
+- **Settings are the defaults.** `STREAMING_*`, `LLM_*` and `CHAT_*` variables of your
+  shell are ignored, so the numbers are those of the documented defaults. The daphne
+  processes it starts run with `DEBUG=false` and a pooled PostgreSQL connection, as in
+  production.
+- **Fanout needs Redis**: without `REDIS_URL` that section says so and is skipped.
+  1,000 sockets need a few thousand open files: the command raises its soft limit
+  itself when the hard limit allows (`ulimit -Hn`).
+- Benchmarks are not tests: nothing here asserts a timing, and `make test` never runs
+  them. Plots need matplotlib: `pip install -e '.[bench]'`.
+
+## This run
 """
 
 
@@ -43,7 +105,7 @@ def write(
     seconds: float,
 ) -> Path:  # fmt: skip
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [HEADER.rstrip(), ""]
+    lines = [HEADER, *_table(MEASURED), HOW_TO_RUN_NOTES]
     lines += [
         f"Run on {now}, {seconds / 60:.1f} minutes, with:",
         "",
