@@ -11,6 +11,7 @@ class StreamingConfig(AppConfig):
         # so no deployment step needs clicking in the admin.
         from django.db.models.signals import post_migrate
 
+        from streaming import checks  # noqa: F401  (registers the settings check)
         from streaming.schedules import create_schedules
 
         post_migrate.connect(create_schedules, sender=self, dispatch_uid="streaming.schedules")

@@ -1,8 +1,11 @@
 """Every knob of the streaming component, read from Django settings with a default.
 
 Like django-allauth's ``app_settings``: one object, one property a setting, each with the
-default and the reason for it. Properties read settings on each access, so tests can
-override them with ``settings`` fixtures.
+default and the reason for it; this is the only place a default is written. Properties
+read settings on each access, so tests can override them with ``settings`` fixtures. A
+setting given as a string (as a project passes environment variables on) is parsed to
+the default's type, so ``STREAMING_LEASE_SECONDS="20"`` and ``"false"`` mean 20.0 and
+False.
 """
 
 from __future__ import annotations
@@ -10,11 +13,39 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_setting(name: str, value: str, kind: type) -> Any:
+    """A setting's string value as ``kind`` (bool, int, float), or ImproperlyConfigured
+    naming the setting."""
+    text = value.strip()
+    try:
+        if kind is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(value)
+        return kind(text)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"STREAMING_{name}={value!r} is not a valid {kind.__name__}."
+        ) from None
 
 
 class StreamingSettings:
     def _get(self, name: str, default: Any) -> Any:
-        return getattr(settings, f"STREAMING_{name}", default)
+        value = getattr(settings, f"STREAMING_{name}", default)
+        if isinstance(value, str) and not isinstance(default, str):
+            return parse_setting(name, value, type(default))
+        return value
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every setting's name, without the ``STREAMING_`` prefix."""
+        return sorted(n for n, v in vars(cls).items() if isinstance(v, property))
 
     @property
     def FLUSH_MAX_CHARS(self) -> int:
@@ -89,6 +120,57 @@ class StreamingSettings:
     def DB_RETRY_SECONDS(self) -> float:
         """How long the driver retries a failed chunk write before ending in error."""
         return float(self._get("DB_RETRY_SECONDS", 10.0))
+
+    @property
+    def DELTA_IDLE_TIMEOUT(self) -> float:
+        """Seconds a text source may send nothing before its stream ends ``timeout`` and
+        the source is closed (0 = no limit). The lease proves the process lives; this
+        proves the model does. Reasoning models stream their thinking, so a long think
+        is not silence; the default is above any sane wait for a first token."""
+        return float(self._get("DELTA_IDLE_TIMEOUT", 120.0))
+
+    @property
+    def CANCEL_ACK_SECONDS(self) -> float:
+        """How long a cancel waits for the stream's driver to acknowledge before it
+        cancels the stream itself (the driver's process died)."""
+        return float(self._get("CANCEL_ACK_SECONDS", 1.0))
+
+    @property
+    def FRAME_RATE(self) -> float:
+        """Client frames per second one user may send, sustained, over all sockets."""
+        return float(self._get("FRAME_RATE", 20.0))
+
+    @property
+    def FRAME_BURST(self) -> int:
+        """Client frames one user may send at once (0 = no limit); past it the socket is
+        closed with 4008. Counted in ``RATE_LIMIT_CACHE`` so that reconnecting, or
+        opening sockets on several processes, does not reset it."""
+        return int(self._get("FRAME_BURST", 60))
+
+    @property
+    def RATE_LIMIT_CACHE(self) -> str:
+        """The Django cache alias that counts client frames; a shared one (Redis) for
+        several processes."""
+        return str(self._get("RATE_LIMIT_CACHE", "default"))
+
+    @property
+    def SSE_KEEPALIVE_SECONDS(self) -> float:
+        """Silence after which an event stream sends a comment line, so that proxies
+        (whose read timeout must be longer) keep the connection."""
+        return float(self._get("SSE_KEEPALIVE_SECONDS", 15.0))
+
+    @property
+    def SSE_MAX_SECONDS(self) -> float:
+        """Longest an event stream stays open; the client reconnects with Last-Event-ID
+        and misses nothing. Bounded so that no proxy or load balancer holds it for ever,
+        and a server's connections turn over."""
+        return float(self._get("SSE_MAX_SECONDS", 300.0))
+
+    @property
+    def METRICS_TOKEN(self) -> str:
+        """A bearer token that may read ``metrics_view`` besides staff users ("" = staff
+        only): what a Prometheus scraper sends as ``Authorization: Bearer <token>``."""
+        return str(self._get("METRICS_TOKEN", ""))
 
     @property
     def ADAPTER(self) -> str:

@@ -1,12 +1,11 @@
 """The websocket side of the component, for any consumer: ``resume`` and ``cancel``
-frames in, and each stream's ``chunk`` and ``status`` frames out, exactly once.
+frames in, each stream's ``chunk`` and ``status`` frames out exactly once (through the
+shared ``Follower``), ``token`` frames to the socket that drives a stream.
 
 Exactly once rests on one fact of Channels: a consumer handles its messages one at a
 time. A resume joins the stream's group first and reads the database second; the live
 chunks that arrive meanwhile wait in the socket's queue until the resume's reply is
-sent, and are then dropped up to the cursor. A live chunk that skips ahead (the channel
-layer dropped one for a slow socket) makes the mixin read the missing chunks from the
-database before it forwards it: they are committed, since frames go out after commit.
+sent, and are then dropped up to the cursor.
 """
 
 from __future__ import annotations
@@ -15,45 +14,43 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.consumer import get_handler_name
+from django.core.cache import caches
 
 from streaming.adapter import get_adapter
 from streaming.asyncdb import run_in_db
 from streaming.conf import app_settings
-from streaming.driver import cancel_stream
+from streaming.core.deltas import Delta
+from streaming.driver import SourceItem, cancel_stream, claim_here, drive_in_background
 from streaming.errors import StreamError
-from streaming.frames import FRAMES_EVENT, Frame, chunk_frame, snapshot_frame, status_frame
+from streaming.follow import Follower
+from streaming.frames import FRAMES_EVENT, Frame, encode_frame, token_frame
 from streaming.models import Stream
 from streaming.outages import TRANSIENT_ERRORS
-from streaming.selectors import catch_up, stream_get
+from streaming.selectors import stream_get
+from streaming.services import stream_settle_if_expired
 
 logger = logging.getLogger(__name__)
 
-#: A socket follows at most this many live streams; the oldest is forgotten first.
-MAX_TRACKED_STREAMS = 64
 #: Close code for a socket that floods frames: the private-use twin of 1008 (policy
 #: violation), since daphne's websocket library lets applications send only 1000 and
 #: 3000-4999.
 FLOOD_CLOSE_CODE = 4008
-UNAVAILABLE = "unavailable"
-#: Unicode as is, not \uXXXX: a CJK or emoji text is a third to half the bytes. One
-#: encoder for all frames (``json.dumps`` with options builds one per call).
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
+UNAVAILABLE_DETAIL = "The server is briefly unavailable; try again."
+
+
+_CANCEL_FAILURES: tuple[type[BaseException], ...] = (StreamError, *TRANSIENT_ERRORS)
 
 
 class FloodError(Exception):
     """More client frames than the rate limit allows: the socket is closed with 4008."""
 
 
-class FrameError(Exception):
-    """A client frame that is refused with an ``error`` frame; the socket stays open."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+class FrameError(StreamError):
+    """A client frame refused with an ``error`` frame; the socket stays open."""
 
 
 def parse_stream_id(value: Any) -> uuid.UUID:
@@ -65,73 +62,138 @@ def parse_stream_id(value: Any) -> uuid.UUID:
         raise FrameError(StreamError.NOT_FOUND, "No such stream.") from None
 
 
-class StreamConsumerMixin:
-    """Mix into an ``AsyncJsonWebsocketConsumer``.
+def parse_after(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise FrameError("invalid_frame", "after must be an integer >= -1.")
+    return value
 
-    Call ``stream_follow(stream_id)`` when the socket learns of a new stream (for
-    example when it relays the message that announced it), and route client frames
-    through ``stream_receive_frame``. The group handler ``stream_frames`` needs no call.
+
+class StreamConsumerMixin:
+    """Mix into an ``AsyncJsonWebsocketConsumer`` (before it in the bases).
+
+    A consumer joins its group (``stream_join``) in ``connect``, calls
+    ``stream_follow(stream_id)`` when its socket learns of a new stream (when it relays
+    the message that announced it), ``stream_drive(stream_id, deltas)`` to make its
+    socket a stream's driver (a stream it created ``claimed``, or one it won with
+    ``await stream_claim(stream_id)``), and handles its own frames in
+    ``receive_frame``. The mixin's ``receive`` (limits, errors), ``disconnect`` and group
+    handler need no call; a consumer that overrides ``disconnect`` calls
+    ``stream_disconnect()``.
     """
 
     #: Channel-layer events whose handlers reach the database only through
     #: ``run_in_db`` (which refreshes connections itself), so they skip Channels'
     #: per-message ``close_old_connections``, a round trip to its single database
-    #: thread: every socket pays it for every chunk, and at 1,000 viewers it doubled the
-    #: fanout latency. A consumer adds its own such events.
+    #: thread that every socket would pay for every chunk. A consumer adds its own.
     direct_events: frozenset[str] = frozenset({FRAMES_EVENT})
 
     max_frame_bytes: int = 256 * 1024
-    #: Token bucket for client frames: a sustained rate and a burst, per socket.
-    max_frames_per_second: float = 20.0
-    max_frame_burst: float = 60.0
 
     # --- state ------------------------------------------------------------------------
 
     @property
-    def stream_cursors(self) -> dict[str, int]:
-        """stream id → last seq this socket has been sent (insertion-ordered)."""
-        if not hasattr(self, "_stream_cursors"):
-            self._stream_cursors: dict[str, int] = {}
-        return self._stream_cursors
+    def stream_follower(self) -> Follower:
+        if not hasattr(self, "_stream_follower"):
+            self._stream_follower = Follower()
+        return self._stream_follower
 
     @property
     def stream_groups(self) -> set[str]:
+        """Groups this socket joined (left again by ``stream_disconnect``)."""
         if not hasattr(self, "_stream_groups"):
             self._stream_groups: set[str] = set()
         return self._stream_groups
 
-    def stream_follow(self, stream_id: str, after: int = -1) -> None:
-        cursors = self.stream_cursors
-        cursors.pop(stream_id, None)
-        if len(cursors) >= MAX_TRACKED_STREAMS:
-            cursors.pop(next(iter(cursors)))
-        cursors[stream_id] = after
+    @property
+    def streams_driven(self) -> set[str]:
+        if not hasattr(self, "_streams_driven"):
+            self._streams_driven: set[str] = set()
+        return self._streams_driven
 
-    async def stream_leave_groups(self) -> None:
-        """On disconnect: leave every group joined. A layer that is away then is logged,
-        not raised: the membership expires with the layer's ``group_expiry``."""
+    def stream_follow(self, stream_id: str, after: int = -1) -> None:
+        self.stream_follower.follow(stream_id, after)
+
+    async def stream_join(self, group: str) -> None:
+        if group not in self.stream_groups:
+            await self.channel_layer.group_add(group, self.channel_name)  # type: ignore[attr-defined]
+            self.stream_groups.add(group)
+
+    # --- driving ---------------------------------------------------------------------------
+
+    async def stream_claim(self, stream_id: str) -> bool:
+        """Claim a pending stream for this socket, for streams created unclaimed (by a
+        request that may run in another process): True for exactly one socket, ever,
+        across processes; that socket tells its client it drives, then calls
+        ``stream_drive`` at once. False when another socket drives it or it ended:
+        this one follows it (its client resumes)."""
+        return await claim_here(stream_id)
+
+    def stream_drive(self, stream_id: str, deltas: AsyncIterator[SourceItem]) -> None:
+        """Drive ``stream_id`` from this socket: the generation runs in a task of its own
+        (it outlives the socket) and this socket gets every ``token`` frame."""
+        self.stream_follow(stream_id)
+        self.streams_driven.add(stream_id)
+
+        async def send_token(delta: Delta) -> None:
+            if not getattr(self, "_stream_closed", False):
+                await self.send_json(token_frame(stream_id, delta))  # type: ignore[attr-defined]
+
+        task = drive_in_background(stream_id, deltas, on_token=send_token)
+        task.add_done_callback(lambda _: self.streams_driven.discard(stream_id))
+
+    async def stream_disconnect(self) -> None:
+        """On disconnect: stop sending tokens, leave every group joined (a layer that is
+        away then is logged: the membership expires with the layer's ``group_expiry``),
+        and with ``STREAMING_CANCEL_ON_DRIVER_DISCONNECT`` cancel what this socket drove."""
+        self._stream_closed = True
         for group in self.stream_groups:
             try:
-                await self.channel_layer.group_discard(group, self.channel_name)
+                await self.channel_layer.group_discard(group, self.channel_name)  # type: ignore[attr-defined]
             except TRANSIENT_ERRORS as exc:
                 logger.warning("could not leave group %s: %r", group, exc)
+        if app_settings.CANCEL_ON_DRIVER_DISCONNECT:
+            for stream_id in list(self.streams_driven):
+                try:
+                    await cancel_stream(stream_id)
+                except _CANCEL_FAILURES as exc:
+                    logger.warning("stream %s: cancel on disconnect failed: %r", stream_id, exc)
 
     # --- client frames -------------------------------------------------------------------
 
-    def _take_frame_token(self) -> None:
-        now = time.monotonic()
-        tokens, last = getattr(self, "_frame_bucket", (self.max_frame_burst, now))
-        tokens = min(self.max_frame_burst, tokens + (now - last) * self.max_frames_per_second)
-        if tokens < 1:
-            raise FloodError
-        self._frame_bucket = (tokens - 1, now)
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Every client frame: decoded and limited, ``resume`` and ``cancel`` served, any
+        other handed to ``receive_frame``. A refused frame gets an ``error`` frame (the
+        socket stays open), a flood closes it with 4008, a service briefly away answers
+        ``unavailable``."""
+        try:
+            content = await self.decode_frame(text_data, bytes_data)
+            if not await self.stream_receive_frame(content):
+                await self.receive_frame(content)
+        except StreamError as exc:
+            await self.send_error(exc.code, exc.detail)
+        except FloodError:
+            await self.close(code=FLOOD_CLOSE_CODE)  # type: ignore[attr-defined]
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("frame not handled, a service is away: %r", exc)
+            await self.send_error(StreamError.UNAVAILABLE, UNAVAILABLE_DETAIL)
 
-    def decode_frame(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+    async def receive_frame(self, content: dict[str, Any]) -> None:
+        """A frame of the consumer's own (``content["type"]`` is a string): override it.
+        Raise a StreamError to refuse one."""
+        raise FrameError("unknown_type", f"Unknown frame type {content['type']!r}.")
+
+    async def disconnect(self, code: int) -> None:
+        await self.stream_disconnect()
+
+    async def decode_frame(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         """Parse one client frame into a dict with a string ``type``, or raise FrameError
-        (or FloodError past the rate limit)."""
-        self._take_frame_token()
+        (or FloodError past the rate limit, which holds per user across sockets and
+        processes)."""
+        await self._check_rate()
         raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-        if len(raw.encode("utf-8")) > self.max_frame_bytes:
+        size = len(raw.encode("utf-8"))
+        if size > self.max_frame_bytes:
+            self.log_refusal("frame", f"{size} bytes, over the {self.max_frame_bytes}-byte limit")
             raise FrameError(
                 "frame_too_large", f"Frames are limited to {self.max_frame_bytes} bytes."
             )
@@ -143,20 +205,41 @@ class StreamConsumerMixin:
             raise FrameError("invalid_frame", "A frame is a JSON object with a string 'type'.")
         return content
 
+    async def _check_rate(self) -> None:
+        """A fixed-window counter in the cache (Redis when several processes share it):
+        at most FRAME_BURST frames per window of FRAME_BURST / FRAME_RATE seconds."""
+        burst = app_settings.FRAME_BURST
+        if not burst:
+            return
+        window = burst / app_settings.FRAME_RATE
+        user = self.scope.get("user")  # type: ignore[attr-defined]
+        who = f"user:{user.pk}" if getattr(user, "is_authenticated", False) else self.channel_name  # type: ignore[attr-defined]
+        key = f"streaming:frames:{who}:{int(time.time() // window)}"
+        count = await run_in_db(_count_frame, key, int(window * 2) + 1)
+        if count > burst:
+            if count == burst + 1:
+                self.log_refusal("frames", f"more than {burst} in {window:g} s; closing")
+            raise FloodError
+
+    def log_refusal(self, what: str, reason: str) -> None:
+        """One INFO line per refusal, with the reason and the user id (the same form as
+        ``streaming.security.OriginValidator``'s)."""
+        scope = self.scope  # type: ignore[attr-defined]
+        user = getattr(scope.get("user"), "pk", None) or "anonymous"
+        logger.info("%s refused: %s (user %s, path %s)", what, reason, user, scope.get("path", ""))
+
     @classmethod
     async def encode_json(cls, content: Any) -> str:
-        return _ENCODER.encode(content)
+        return encode_frame(content)
 
     async def send_error(self, code: str, detail: str) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail})
+        await self.send_json({"type": "error", "code": code, "detail": detail})  # type: ignore[attr-defined]
 
     async def stream_receive_frame(self, content: dict[str, Any]) -> bool:
         """Serve ``resume`` and ``cancel``; False for any other type (the caller's)."""
         kind = content["type"]
         if kind == "resume":
-            after = content.get("after", -1)
-            if isinstance(after, bool) or not isinstance(after, int) or after < -1:
-                raise FrameError("invalid_frame", "after must be an integer >= -1.")
+            after = parse_after(content.get("after", -1))
             await self.stream_resume(parse_stream_id(content.get("stream_id")), after)
             return True
         if kind == "cancel":
@@ -166,7 +249,7 @@ class StreamConsumerMixin:
         return False
 
     async def stream_can_access(self, stream: Stream) -> bool:
-        return get_adapter().can_access(self.scope.get("user"), stream)
+        return get_adapter().can_access(self.scope.get("user"), stream)  # type: ignore[attr-defined]
 
     async def _accessible_stream(self, stream_id: uuid.UUID) -> Stream:
         try:
@@ -178,39 +261,16 @@ class StreamConsumerMixin:
         return stream
 
     async def stream_resume(self, stream_id: uuid.UUID, after: int) -> None:
+        """Join the stream's group, then send what this socket lacks after ``after``."""
         stream = await self._accessible_stream(stream_id)
-        if stream.group not in self.stream_groups:
-            await self.channel_layer.group_add(stream.group, self.channel_name)
-            self.stream_groups.add(stream.group)
-        key = str(stream.id)
-        last_seq = await self._send_catch_up(
-            stream, after, snapshot_after=app_settings.RESUME_SNAPSHOT_AFTER
+        if stream.lease_expired:  # lazy reaping: its status frame reaches every follower
+            await run_in_db(stream_settle_if_expired, stream_id=stream.id)
+        await self.stream_join(stream.group)
+        frames = await self.stream_follower.catch_up(
+            str(stream.id), after, snapshot_after=app_settings.RESUME_SNAPSHOT_AFTER
         )
-        if stream.is_final:
-            self.stream_cursors.pop(key, None)
-            await self.send_json(status_frame(stream))
-        else:
-            self.stream_follow(key, last_seq)
-
-    async def _send_catch_up(
-        self, stream: Stream, after: int, snapshot_after: int | None = None
-    ) -> int:
-        """Send what follows ``after``: the chunks, or one snapshot. Returns the last seq."""
-        reply = await run_in_db(
-            catch_up,
-            stream,
-            after=after,
-            snapshot_after=snapshot_after,
-            snapshot_max_chars=app_settings.SNAPSHOT_MAX_CHARS,
-        )
-        key = str(stream.id)
-        if reply.snapshot:
-            await self.send_json(
-                snapshot_frame(key, reply.snapshot_text, reply.last_seq, reply.status)
-            )
-        for seq, text in reply.chunks:
-            await self.send_json(chunk_frame(key, seq, text))
-        return reply.last_seq
+        for frame in frames:
+            await self.send_json(frame)  # type: ignore[attr-defined]
 
     # --- group events ----------------------------------------------------------------------
 
@@ -221,43 +281,13 @@ class StreamConsumerMixin:
             await super().dispatch(message)  # type: ignore[misc]
 
     async def stream_frames(self, event: dict[str, Any]) -> None:
-        """The frames of one announcement in order: chunks, a status, or both."""
-        for frame in event["frames"]:
-            if frame["type"] == "chunk":
-                await self._forward_chunk(frame)
-            else:
-                await self._forward_status(frame)
+        """The frames of one announcement, each sent once, in order."""
+        frames: list[Frame] = await self.stream_follower.live(event["frames"])
+        for frame in frames:
+            await self.send_json(frame)  # type: ignore[attr-defined]
 
-    async def _forward_chunk(self, frame: Frame) -> None:
-        stream_id, seq = frame["stream_id"], frame["seq"]
-        cursor = self.stream_cursors.get(stream_id)
-        if cursor is None or seq <= cursor:
-            return
-        if seq > cursor + 1:
-            await self._repair(stream_id, cursor)
-        else:
-            await self.send_json(frame)
-            self.stream_cursors[stream_id] = seq
 
-    async def _forward_status(self, frame: Frame) -> None:
-        stream_id = frame["stream_id"]
-        cursor = self.stream_cursors.get(stream_id)
-        final_seq = frame.get("last_seq")
-        if cursor is not None and final_seq is not None and cursor < final_seq:
-            await self._repair(stream_id, cursor)
-        if final_seq is not None:
-            self.stream_cursors.pop(stream_id, None)
-        await self.send_json(frame)
-
-    async def _repair(self, stream_id: str, cursor: int) -> None:
-        """Send the committed chunks after ``cursor`` that the channel layer lost (or one
-        snapshot, if they were purged meanwhile). With the database away, the client's
-        own gap rule (``resume``) takes over."""
-        try:
-            stream = await run_in_db(stream_get, stream_id=stream_id, settle_expired=False)
-            last_seq = await self._send_catch_up(stream, cursor)
-        except TRANSIENT_ERRORS:
-            logger.warning("stream %s: gap repair failed; the client will resume", stream_id)
-            return
-        logger.info("stream %s: repaired the chunks after %d", stream_id, cursor)
-        self.stream_cursors[stream_id] = last_seq
+def _count_frame(key: str, timeout: int) -> int:
+    cache = caches[app_settings.RATE_LIMIT_CACHE]
+    cache.add(key, 0, timeout)
+    return cache.incr(key)

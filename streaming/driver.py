@@ -1,96 +1,114 @@
 """The driver: one generation, from text deltas to a final status.
 
-Three tasks share one event loop, so they share state without locks:
+Per stream, one task consumes the deltas: it awaits the next one, hands it to
+``on_token`` at once and feeds the sentence batcher; it never waits for the database.
+The process writer (``streaming.writer``) persists the batches of every stream beside
+it, and the process hub (``streaming.hub``) brings cancels from any process.
 
-* the consumer awaits the next delta, hands it to ``on_token`` at once and feeds the
-  sentence batcher; it never waits for the database;
-* the persister writes completed batches (all that queued up during the previous write,
-  in one transaction), flushes a batch whose delay ran out, and renews the lease when
-  text is not flowing;
-* the listener waits on the driver's own channel for a cancel from any process.
-
-A cancel interrupts only the wait for the next delta: a token is either emitted and
-persisted, or neither, so the driver's tokens always equal the persisted text.
+A stop (cancel, idle source, server shutdown) interrupts only the wait for the next
+delta: a token is either shown and persisted, or neither, so the driver's tokens always
+equal the persisted text.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
-from channels.layers import get_channel_layer
-from django.db import DatabaseError
+from django.utils import timezone
 
 from streaming import services
 from streaming.adapter import get_adapter
 from streaming.asyncdb import run_in_db
 from streaming.conf import app_settings
-from streaming.core.batching import SentenceBatcher
+from streaming.core.batching import Batch, PartBatcher
+from streaming.core.body import StreamBody
+from streaming.core.deltas import PARTS, Delta, Finish, as_delta
 from streaming.core.lifecycle import Status
 from streaming.core.text import clean_text
 from streaming.errors import StreamError
-from streaming.frames import aannounce, chunk_frames, finish_frames, status_frame
-from streaming.outages import DB_OUTAGE_ERRORS
-from streaming.selectors import get_stream_body, stream_get
-
-if TYPE_CHECKING:
-    from streaming.models import Stream
+from streaming.frames import aannounce, active_status_frame
+from streaming.hub import get_hub
+from streaming.metrics import ACTIVE_STREAMS, TIME_TO_FIRST_TOKEN, TOKENS
+from streaming.models import Stream
+from streaming.selectors import body_of, final_body, stream_get
+from streaming.writer import FINAL_STATUS_RETRY_SECONDS, End, get_writer
 
 logger = logging.getLogger(__name__)
 
-TokenCallback = Callable[[str], Awaitable[None]]
-CANCEL_EVENT = "stream.cancel"
-STOP_EVENT = "stream.driver_stop"
-SERVER_STOPPED = "The server stopped while this text was being generated."
+TokenCallback = Callable[[Delta], Awaitable[None]]
+SourceItem = str | Delta | Finish
+
+SERVER_STOPPED = "The server restarted while answering."
 WRITE_FAILED = "The text could not be saved; it ends here."
-#: How long the driver keeps trying to record a final status through a database outage.
-#: Longer than chunk writes: a stream left active is only settled by the reaper, as
-#: timeout, which tells users less than the real reason.
-FINAL_STATUS_RETRY_SECONDS = 300.0
+IDLE_MESSAGE = "The answer stopped: its source sent nothing for {seconds:g} s."
+SHUTDOWN_GRACE_SECONDS = 4.0
+_TOKENS = {part: TOKENS.labels(part) for part in PARTS}
 
 _background: set[asyncio.Task[Any]] = set()
-#: Cancel listeners that outlive their generation until their stop message arrives.
-_listeners: set[asyncio.Task[Any]] = set()
 
 
 async def drive(
     stream_id: uuid.UUID | str,
-    deltas: AsyncIterator[str],
+    deltas: AsyncIterator[SourceItem],
     *,
     on_token: TokenCallback | None = None,
-) -> str:
-    """Claim the stream, generate it to a final status, and return its final text.
+) -> StreamBody:
+    """Claim the stream, generate it to a final status, and return its final body.
 
-    Raises StreamError(already_claimed) if the stream is not pending: at most one
-    driver, ever. The deltas are closed in every case.
+    Raises StreamError(already_claimed) if the stream is not pending (at most one driver,
+    ever; a stream created ``claimed`` in this process is this call's), and
+    StreamError(unavailable) if its end could not be recorded through a long database
+    outage. The deltas are closed in every case.
     """
-    layer = get_channel_layer()
-    control = await layer.new_channel() if layer is not None else ""
-    stream = await run_in_db(
-        services.stream_claim, stream_id=stream_id, driver_channel=control, announce=False
-    )
+    stream_id = str(stream_id)
+    group = services.take_claim(stream_id)
+    if group is None:
+        try:
+            stream = await run_in_db(services.stream_claim, stream_id=stream_id)
+        except BaseException:
+            await _aclose(deltas)
+            raise
+        if stream is None:
+            await _aclose(deltas)
+            await run_in_db(stream_get, stream_id=stream_id)  # unknown: unknown_stream
+            raise StreamError(StreamError.ALREADY_CLAIMED, "This stream already has a driver.")
+        group = stream.group
+    await aannounce(group, [active_status_frame(stream_id, Status.STREAMING)])
+    return await Generation(stream_id, group, deltas, on_token).run()
+
+
+async def claim_here(stream_id: uuid.UUID | str) -> bool:
+    """Claim a pending stream for this process, for a stream created unclaimed (say by
+    a form's POST, which may run in another process than the socket that drives it).
+    True for exactly one claimer, ever, across processes; ``drive`` here then takes the
+    claim without a transaction of its own, and must follow at once (else the stream
+    times out after a lease, as one created ``claimed``). False when another driver has
+    it or it ended; StreamError(unknown_stream) for an unknown id."""
+    stream = await run_in_db(services.stream_claim, stream_id=stream_id)
     if stream is None:
-        await _aclose(deltas)
-        raise StreamError(StreamError.ALREADY_CLAIMED, "This stream already has a driver.")
-    await aannounce(stream.group, [status_frame(stream)])
-    return await _Generation(str(stream.id), stream.group, deltas, on_token, layer, control).run()
+        await run_in_db(stream_get, stream_id=stream_id)  # unknown: unknown_stream
+        return False
+    services.keep_claim(str(stream.id), stream.group)
+    return True
 
 
 def drive_in_background(
     stream_id: uuid.UUID | str,
-    deltas: AsyncIterator[str],
+    deltas: AsyncIterator[SourceItem],
     *,
     on_token: TokenCallback | None = None,
-) -> asyncio.Task[str]:
+) -> asyncio.Task[StreamBody]:
     """Run ``drive`` as a task of its own that outlives the caller (a websocket consumer
-    that daphne tears down when its client leaves). A strong reference is kept, and a
-    server shutdown ends it as ``error`` after saving what it buffered."""
+    that daphne tears down when its client leaves, an HTTP response whose client went
+    away). A strong reference is kept, and stopping the server ends it as ``error``
+    after saving what its driver was shown."""
     _hook_server_shutdown()
     task = asyncio.create_task(
         drive(stream_id, deltas, on_token=on_token), name=f"drive-{stream_id}"
@@ -100,17 +118,59 @@ def drive_in_background(
     return task
 
 
-SHUTDOWN_GRACE_SECONDS = 10.0
+def _forget(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("driver task %s failed", task.get_name(), exc_info=task.exception())
 
 
-async def stop_background_drivers() -> None:
-    """Cancel every background driver and wait (a bounded time) for each to save what it
-    buffered and record ``error``."""
+async def cancel_stream(stream_id: uuid.UUID | str) -> bool:
+    """Stop a stream's generation wherever its driver runs; it ends ``cancelled`` with
+    the text its driver was shown. A pending stream, or one whose driver does not
+    acknowledge within ``STREAMING_CANCEL_ACK_SECONDS`` (its process died), is cancelled
+    on the spot. Returns False for a stream that is already final."""
+    stream = await run_in_db(stream_get, stream_id=stream_id)
+    if stream.is_final:
+        return False
+    if stream.status == Status.PENDING:
+        cancelled = await run_in_db(services.stream_cancel_now, stream_id=stream.id)
+        if cancelled is not None:
+            return True
+    hub = await get_hub()
+    if not await hub.request_cancel(str(stream.id), ack_within=app_settings.CANCEL_ACK_SECONDS):
+        logger.info("stream %s: no driver answered the cancel; cancelled here", stream.id)
+        await run_in_db(services.stream_cancel_now, stream_id=stream.id)
+    return True
+
+
+async def _aclose(iterator: Any) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        logger.warning("closing the delta iterator failed", exc_info=True)
+
+
+# --- stopping the server ---------------------------------------------------------------
+
+
+async def stop_background_drivers(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    """End every background driver as ``error`` (SERVER_STOPPED) after saving what its
+    driver was shown, and every stream claimed here but not yet driven; wait at most
+    ``grace`` seconds."""
     tasks = list(_background)
     for task in tasks:
         task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+    leftovers = services.take_all_claims()
+    ends = [
+        run_in_db(services.stream_settle_stopped, stream_id=stream_id, error=SERVER_STOPPED)
+        for stream_id in leftovers
+    ]
+    waiting = [*tasks, *(asyncio.ensure_future(end) for end in ends)]
+    if waiting:
+        await asyncio.wait(waiting, timeout=grace)
 
 
 _shutdown_hooked = False
@@ -133,313 +193,247 @@ def _hook_server_shutdown() -> None:
     _shutdown_hooked = True
 
 
-def _forget(task: asyncio.Task[Any]) -> None:
-    _background.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("driver task %s failed", task.get_name(), exc_info=task.exception())
+# --- one generation ----------------------------------------------------------------------
 
 
-async def cancel_stream(stream_id: uuid.UUID | str) -> bool:
-    """Stop a stream's generation wherever its driver runs; it ends ``cancelled`` after
-    flushing what it buffered. A pending stream is cancelled on the spot. Returns False
-    for a stream that is already final."""
-    stream = await run_in_db(stream_get, stream_id=stream_id)
-    if stream.status == Status.PENDING:
-        cancelled = await run_in_db(
-            services.stream_finish,
-            stream_id=stream.id,
-            status=Status.CANCELLED,
-            only_from=[Status.PENDING],
-        )
-        if cancelled is not None:
-            return True
-        stream = await run_in_db(stream_get, stream_id=stream_id)  # claimed meanwhile
-    if stream.status != Status.STREAMING or not stream.driver_channel:
-        return False
-    layer = get_channel_layer()
-    await layer.send(stream.driver_channel, {"type": CANCEL_EVENT})
-    return True
+class Generation:
+    """The state of one stream being driven, shared by its consumer task (the token
+    path) and the process writer. Both run on one event loop: no locks."""
 
-
-async def _aclose(iterator: Any) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is None:
-        return
-    try:
-        await aclose()
-    except Exception:
-        logger.warning("closing the delta iterator failed", exc_info=True)
-
-
-class _Generation:
     def __init__(
         self,
         stream_id: str,
         group: str,
-        deltas: AsyncIterator[str],
+        deltas: AsyncIterator[SourceItem],
         on_token: TokenCallback | None,
-        layer: Any,
-        control: str,
     ) -> None:
         self.stream_id = stream_id
         self.group = group
         self.deltas = deltas
         self.on_token = on_token
-        self.layer = layer
-        self.control = control
-        self.batcher = SentenceBatcher(
+        self.batcher = PartBatcher(
             max_chars=app_settings.FLUSH_MAX_CHARS, max_delay=app_settings.FLUSH_MAX_DELAY
         )
-        self.pending: list[str] = []
+        self.writer = get_writer()
+        # The writer's side.
+        self.pending: list[Batch] = []
+        self.inflight: services.ChunkWrite | None = None
         self.next_seq = 0
-        self.wake = asyncio.Event()
-        self.generating = True
-        self.cancel_requested = False
+        self.renewed_at = time.monotonic()
+        self.failing_since: float | None = None
+        self.first_token_at: datetime | None = None
+        self.first_token_written = False
+        self.ending: tuple[Status, str, Finish | None] | None = None
+        self.done = False
+        self.outcome: asyncio.Future[Stream | None] = asyncio.get_running_loop().create_future()
+        # The token path's side.
+        self.stop: tuple[Status, str] | None = None
         self.awaiting_delta = False
+        self.started_at = self.last_delta_at = time.monotonic()
         self.settled_elsewhere = False
+        self.interrupted = False  # the drive itself was cancelled (a server stopping)
         self.write_error: str | None = None
-        self.consumer: asyncio.Task[tuple[Status, str]] | None = None
+        self.consumer: asyncio.Task[tuple[Status, str, Finish | None]] | None = None
 
-    async def run(self) -> str:
+    async def run(self) -> StreamBody:
+        hub = await get_hub()
+        hub.register_driver(self.stream_id, self.request_cancel)
+        self.writer.add(self)
         self.consumer = asyncio.create_task(self._consume())
-        persister = asyncio.create_task(self._persist())
-        listener = asyncio.create_task(self._listen()) if self.control else None
-        interrupted = False
+        ACTIVE_STREAMS.inc()
         try:
-            status, error = await asyncio.shield(self.consumer)
-        except asyncio.CancelledError:
-            # The drive itself was cancelled (server shutdown): stop, save, say why.
-            interrupted = True
-            self.request_cancel()
-            status, error = await self.consumer
-            status, error = Status.ERROR, SERVER_STOPPED
+            try:
+                status, error, report = await asyncio.shield(self.consumer)
+            except asyncio.CancelledError:
+                # The drive itself was cancelled (server shutdown): stop, save, say why.
+                self.interrupted = True
+                self.request_stop(Status.ERROR, SERVER_STOPPED)
+                status, error, report = await self.consumer
         finally:
-            if listener is not None:
-                await self._stop_listener(listener)
+            hub.unregister_driver(self.stream_id)
         self._take(self.batcher.flush())
-        self.generating = False
-        self.wake.set()
-        try:
-            await persister
-        except Exception:
-            logger.exception("stream %s: persisting failed", self.stream_id)
-            self.write_error = WRITE_FAILED
         if self.write_error is not None:
             status, error = Status.ERROR, self.write_error
-        text = await self._finish(status, error)
-        if interrupted:
+        try:
+            stream = await self._end(status, error, report)
+        finally:
+            self.writer.remove(self)
+            ACTIVE_STREAMS.dec()
+        if self.interrupted:
             raise asyncio.CancelledError
-        return text
+        return await self._final_body(stream)
+
+    # --- stopping ----------------------------------------------------------------------
 
     def request_cancel(self) -> None:
-        self.cancel_requested = True
+        self.request_stop(Status.CANCELLED, "")
+
+    def request_stop(self, status: Status, error: str) -> None:
+        """End the generation at the next wait for a delta (or now, if it is waiting)."""
+        if self.stop is None:
+            self.stop = (status, error)
         if self.awaiting_delta and self.consumer is not None:
             self.consumer.cancel()
 
-    # --- the token path -------------------------------------------------------------
+    # --- the token path ----------------------------------------------------------------
 
-    async def _consume(self) -> tuple[Status, str]:
+    async def _consume(self) -> tuple[Status, str, Finish | None]:
         iterator = aiter(self.deltas)
+        report: Finish | None = None
         try:
-            while not self.cancel_requested:
+            while self.stop is None:
                 self.awaiting_delta = True
                 try:
-                    delta = await anext(iterator)
+                    item = await anext(iterator)
                 except StopAsyncIteration:
-                    return Status.DONE, ""
+                    return Status.DONE, "", report
                 finally:
                     self.awaiting_delta = False
-                if delta:
-                    delta = clean_text(delta)
-                    await self._emit(delta)
-                    self._feed(delta)
-            return Status.CANCELLED, ""
+                if isinstance(item, Finish):
+                    report = item
+                    continue
+                delta = as_delta(item)
+                if not delta.text:
+                    continue
+                self.last_delta_at = time.monotonic()
+                if self.first_token_at is None:
+                    self.first_token_at = timezone.now()
+                    TIME_TO_FIRST_TOKEN.observe(self.last_delta_at - self.started_at)
+                _TOKENS[delta.part].inc()
+                delta = Delta(clean_text(delta.text), delta.part)
+                await self._emit(delta)
+                self._feed(delta)
+            return (*self.stop, report)
         except asyncio.CancelledError:
-            if self.cancel_requested:
-                return Status.CANCELLED, ""
+            if self.stop is not None:
+                return (*self.stop, report)
             raise
         except Exception as exc:
-            logger.info("stream %s: text source failed: %r", self.stream_id, exc)
-            return Status.ERROR, get_adapter().error_message(exc)
+            logger.warning("stream %s: the text source failed", self.stream_id, exc_info=True)
+            return Status.ERROR, get_adapter().error_message(exc), report
         finally:
             await _aclose(iterator)
 
-    async def _emit(self, delta: str) -> None:
+    async def _emit(self, delta: Delta) -> None:
         if self.on_token is None:
             return
         try:
             await self.on_token(delta)
-        except Exception:
-            # The driver's socket went away: the generation goes on for everyone else.
-            logger.info("stream %s: on_token failed; tokens stop", self.stream_id, exc_info=True)
+        except Exception as exc:
+            # The driver's client went away: the generation goes on for everyone else.
+            logger.info("stream %s: on_token failed (%r); tokens stop", self.stream_id, exc)
             self.on_token = None
 
-    def _feed(self, delta: str) -> None:
+    def _feed(self, delta: Delta) -> None:
         deadline_before = self.batcher.deadline
         batches = self.batcher.feed(delta, time.monotonic())
         if batches:
             self.pending.extend(batches)
         if batches or self.batcher.deadline != deadline_before:
-            self.wake.set()
+            self.writer.poke()
 
-    def _take(self, text: str) -> None:
-        if text:
-            self.pending.append(text)
+    def _take(self, batches: list[Batch]) -> None:
+        if batches:
+            self.pending.extend(batches)
 
-    # --- persistence, beside the token path ------------------------------------------
+    # --- the writer's side -------------------------------------------------------------
 
-    async def _persist(self) -> None:
-        """Write pending batches, at most one write per FLUSH_MIN_INTERVAL (the batches
-        of a fast model share a write). What is pending when the text ends is left to
-        ``_finish``, which writes it with the final status."""
-        renew_every = app_settings.LEASE_SECONDS / 3
-        min_interval = app_settings.FLUSH_MIN_INTERVAL
-        last_write = time.monotonic()
-        next_write_at = 0.0
-        while True:
-            now = time.monotonic()
-            if self.batcher.due(now):
-                self._take(self.batcher.flush())
-            if not self.generating:
-                return
-            if self.pending and now >= next_write_at:
-                if not await self._write():
-                    return
-                next_write_at = now + min_interval
-                last_write = time.monotonic()
-                continue
-            if now >= last_write + renew_every:
-                await self._renew_lease()
-                last_write = time.monotonic()
-                continue
-            wait = last_write + renew_every - now
-            if self.pending:
-                wait = min(wait, next_write_at - now)
-            deadline = self.batcher.deadline
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.0))
+    def check(self, now: float) -> None:
+        """The writer's look at this stream each round: the time fallback of its batcher,
+        a source silent for too long, a database away for too long."""
+        if self.batcher.due(now):
+            self._take(self.batcher.flush())
+        idle = app_settings.DELTA_IDLE_TIMEOUT
+        if idle and self.awaiting_delta and now - self.last_delta_at >= idle:
+            self.request_stop(Status.TIMEOUT, IDLE_MESSAGE.format(seconds=idle))
+        if self.failing_since is None:
+            return
+        if self.ending is None and now - self.failing_since >= app_settings.DB_RETRY_SECONDS:
+            logger.warning("stream %s: chunk write failed for good", self.stream_id)
+            self.inflight, self.pending = None, []
+            self.write_error = WRITE_FAILED
+            self.failing_since = None
+            self.request_stop(Status.ERROR, WRITE_FAILED)
+        elif self.ending is not None and now - self.failing_since >= FINAL_STATUS_RETRY_SECONDS:
+            self.ended(None, failed=True)
 
-    async def _write(self) -> bool:
-        """Persist everything pending as the next chunks; False when the driver must stop."""
-        texts, self.pending = self.pending, []
-        try:
-            last_seq = await _with_db_retry(
-                services.chunk_append,
-                stream_id=self.stream_id,
-                group=self.group,
-                first_seq=self.next_seq,
-                texts=texts,
-                announce=False,
-            )
-        except StreamError:
-            logger.warning("stream %s was settled elsewhere; driver stops", self.stream_id)
-            self.settled_elsewhere = True
-        except DatabaseError as exc:
-            # Reported on the stream itself (status error); the log only says why.
-            logger.warning("stream %s: chunk write failed for good: %r", self.stream_id, exc)
+    def wake_at(self, renew_every: float) -> float:
+        """When the writer must look at this stream again, at the latest."""
+        wake = self.renewed_at + renew_every
+        if (deadline := self.batcher.deadline) is not None:
+            wake = min(wake, deadline)
+        if (idle := app_settings.DELTA_IDLE_TIMEOUT) and self.awaiting_delta:
+            wake = min(wake, self.last_delta_at + idle)
+        return wake
+
+    def take_write(self) -> services.ChunkWrite:
+        first_token_at = None if self.first_token_written else self.first_token_at
+        self.inflight = services.ChunkWrite(
+            self.stream_id, self.next_seq, self.pending, first_token_at
+        )
+        self.pending = []
+        return self.inflight
+
+    def take_end(self) -> End:
+        if self.ending is None:
+            raise RuntimeError(f"stream {self.stream_id} is not ending")
+        status, error, report = self.ending
+        tail = [] if self.write_error is not None else self.pending
+        first_token_at = None if self.first_token_written else self.first_token_at
+        return End(status, error, report, tail, self.next_seq, first_token_at)
+
+    def written(self, write: services.ChunkWrite) -> None:
+        self.next_seq = write.last_seq + 1
+        self.inflight = None
+        self.failing_since = None
+        self.renewed_at = time.monotonic()
+        self.first_token_written = self.first_token_written or write.first_token_at is not None
+
+    def refused(self, *, failed: bool) -> None:
+        """The database took none of it: settled by someone else, or refused for good."""
+        self.inflight, self.pending = None, []
+        if failed:
             self.write_error = WRITE_FAILED
         else:
-            await aannounce(self.group, chunk_frames(self.stream_id, self.next_seq, texts))
-            self.next_seq = last_seq + 1
-            return True
+            logger.info("stream %s was settled elsewhere; its driver stops", self.stream_id)
+            self.settled_elsewhere = True
         self.request_cancel()
-        return False
 
-    async def _renew_lease(self) -> None:
-        try:
-            if not await run_in_db(services.stream_renew_lease, stream_id=self.stream_id):
-                self.settled_elsewhere = True
-                self.request_cancel()
-        except DatabaseError:
-            logger.warning("stream %s: lease renewal failed", self.stream_id, exc_info=True)
+    def write_failed(self, now: float) -> None:
+        if self.failing_since is None:
+            self.failing_since = now
 
-    async def _listen(self) -> None:
-        while True:
+    def ended(self, stream: Stream | None, *, failed: bool) -> None:
+        self.done = True
+        self.ending = None
+        if self.outcome.done():
+            return
+        if failed:
+            self.outcome.set_exception(
+                StreamError(StreamError.UNAVAILABLE, "The stream's end could not be recorded.")
+            )
+        else:
+            self.outcome.set_result(stream)
+
+    async def _end(self, status: Status, error: str, report: Finish | None) -> Stream | None:
+        """Hand the end to the writer (with the last batches) and wait for it, even
+        through a cancel (a server stopping): the end is what it must not lose."""
+        if self.settled_elsewhere:
+            return None
+        self.ending = (status, error, report)
+        self.writer.poke()
+        while not self.outcome.done():
             try:
-                message = await self.layer.receive(self.control)
+                await asyncio.shield(self.outcome)
             except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("stream %s: control channel failed", self.stream_id, exc_info=True)
-                await asyncio.sleep(1.0)
-                continue
-            if message.get("type") == CANCEL_EVENT:
-                self.request_cancel()
-            elif message.get("type") == STOP_EVENT:
-                return
+                self.interrupted = True
+        return self.outcome.result()
 
-    async def _stop_listener(self, listener: asyncio.Task[None]) -> None:
-        """End the listener with a message, never a cancel: cancelling a pending
-        channels-redis ``receive`` can lose a message meant for another socket of this
-        process (measured: a stream's first status frame; under load, final ones). The
-        listener exits when the message arrives; the driver does not wait for it."""
-        _listeners.add(listener)
-        listener.add_done_callback(_listeners.discard)
-        try:
-            await self.layer.send(self.control, {"type": STOP_EVENT})
-        except Exception as exc:
-            # The layer is away: the listener waits on, and ends with the process.
-            logger.warning("stream %s: could not stop its listener: %r", self.stream_id, exc)
-
-    async def _finish(self, status: Status, error: str) -> str:
-        """Record the final status with the last chunks, in one transaction, retrying
-        through a database outage as writes do; if that fails for too long, the reaper
-        settles the stream once the database is back. Chunks the database refuses (or
-        after a write failed for good) are dropped: the status then goes alone, as an
-        error, and the text ends where the database stopped taking it."""
-        tail = [] if self.write_error is not None else self.pending
-        try:
-            if not self.settled_elsewhere:
-                try:
-                    stream = await self._record_final(status, error, tail)
-                except DatabaseError as exc:
-                    if not tail or isinstance(exc, DB_OUTAGE_ERRORS):
-                        raise
-                    logger.warning("stream %s: last chunks refused: %r", self.stream_id, exc)
-                    tail = []
-                    stream = await self._record_final(Status.ERROR, WRITE_FAILED, tail)
-                if stream is not None:
-                    await aannounce(self.group, finish_frames(stream, self.next_seq, tail))
-                    return stream.text
-            return (await _with_db_retry(get_stream_body, stream_id=self.stream_id)).text
-        except DatabaseError:
-            logger.error("stream %s: could not record its final status", self.stream_id)
-            return ""
-
-    async def _record_final(self, status: Status, error: str, tail: list[str]) -> Stream | None:
-        return await _with_db_retry(
-            services.stream_finish,
-            retry_for=FINAL_STATUS_RETRY_SECONDS,
-            stream_id=self.stream_id,
-            status=status,
-            error=error,
-            only_from=[Status.STREAMING],
-            first_seq=self.next_seq,
-            texts=tail,
-            announce=False,
-        )
-
-
-async def _with_db_retry[T](
-    fn: Callable[..., T], /, *, retry_for: float | None = None, **kwargs: Any
-) -> T:
-    """Run ``fn`` in the database thread, retrying while the database is away, with
-    backoff, for ``retry_for`` seconds (default STREAMING_DB_RETRY_SECONDS) before the
-    error propagates. Retrying is safe: every write the driver makes is guarded by a
-    conditional UPDATE. Other database errors propagate at once."""
-    if retry_for is None:
-        retry_for = app_settings.DB_RETRY_SECONDS
-    give_up_at = time.monotonic() + retry_for
-    backoff = 0.05
-    while True:
-        try:
-            return await run_in_db(fn, **kwargs)
-        except DB_OUTAGE_ERRORS:
-            if time.monotonic() >= give_up_at:
-                raise
-            logger.warning("database call %s failed; retrying", fn.__name__)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+    async def _final_body(self, stream: Stream | None) -> StreamBody:
+        if stream is not None:
+            return final_body(stream)
+        try:  # settled by someone else: the database says how it ended
+            return await run_in_db(body_of, self.stream_id)
+        except StreamError:
+            # Deleted while it ran: what is left to say is that it stopped.
+            return StreamBody("", "", Status.CANCELLED, self.next_seq - 1, None)

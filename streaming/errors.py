@@ -10,6 +10,7 @@ class StreamError(Exception):
     ALREADY_CLAIMED = "already_claimed"
     NOT_STREAMING = "not_streaming"
     TOO_MANY_ACTIVE = "too_many_active"
+    UNAVAILABLE = "unavailable"
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)

@@ -1,17 +1,25 @@
-"""The websocket frames the component sends, and their announcement to a group.
+"""The frames the component sends, the group event that carries them, and their
+announcement to a group.
 
-Announcements go out after the commit of the row they describe (Zulip's rule), so a
+Frames are plain dicts, the same JSON on every transport: websocket frames as they are,
+Server-Sent Events as each event's ``data``, AI SDK chunks encoded from them.
+Announcements go out after the commit of the rows they describe (Zulip's rule), so a
 client that receives a frame can always read what it announces.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+from streaming.core.batching import Batch
+from streaming.core.deltas import Delta
+from streaming.metrics import FRAMES_DROPPED, LAYER_MESSAGES
+from streaming.outages import LAYER_ERRORS
 
 if TYPE_CHECKING:
     from streaming.models import Stream
@@ -20,26 +28,51 @@ logger = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 
+#: Unicode as is, not \uXXXX: a CJK or emoji text is a third to half the bytes. One
+#: encoder for all frames (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
-def chunk_frame(stream_id: str, seq: int, text: str) -> Frame:
-    return {"type": "chunk", "stream_id": stream_id, "seq": seq, "text": text}
+#: The component's group event; ``StreamConsumerMixin.stream_frames`` and the
+#: process hub handle it. One event per write, however many chunks it holds.
+FRAMES_EVENT = "stream.frames"
 
 
-def chunk_frames(stream_id: str, first_seq: int, texts: Sequence[str]) -> list[Frame]:
-    return [chunk_frame(stream_id, first_seq + offset, text) for offset, text in enumerate(texts)]
+def encode_frame(frame: Frame) -> str:
+    """A frame's JSON, as every transport sends it."""
+    return _ENCODER.encode(frame)
 
 
-def snapshot_frame(stream_id: str, text: str, last_seq: int, status: str) -> Frame:
+def token_frame(stream_id: str, delta: Delta) -> Frame:
+    return {"type": "token", "stream_id": stream_id, "part": delta.part, "text": delta.text}
+
+
+def chunk_frame(stream_id: str, seq: int, part: str, text: str) -> Frame:
+    return {"type": "chunk", "stream_id": stream_id, "seq": seq, "part": part, "text": text}
+
+
+def chunk_frames(stream_id: str, first_seq: int, batches: Sequence[Batch]) -> list[Frame]:
+    return [
+        chunk_frame(stream_id, first_seq + offset, part, text)
+        for offset, (part, text) in enumerate(batches)
+    ]
+
+
+def snapshot_frame(
+    stream_id: str, *, text: str, reasoning: str, last_seq: int, status: str
+) -> Frame:
     return {
         "type": "snapshot",
         "stream_id": stream_id,
         "text": text,
+        "reasoning": reasoning,
         "last_seq": last_seq,
         "status": status,
     }
 
 
 def status_frame(stream: Stream) -> Frame:
+    """A stream's status; a final one carries what a client verifies its text against
+    and what the LLM server reported (all null before the end)."""
     final = stream.is_final
     return {
         "type": "status",
@@ -49,40 +82,56 @@ def status_frame(stream: Stream) -> Frame:
         "last_seq": stream.last_seq if final else None,
         "length": stream.length if final else None,
         "sha256": stream.sha256 if final else None,
+        "reasoning_length": stream.reasoning_length if final else None,
+        "reasoning_sha256": stream.reasoning_sha256 if final else None,
+        "finish_reason": (stream.finish_reason or None) if final else None,
+        "model": (stream.model or None) if final else None,
+        "usage": stream.usage if final else None,
     }
 
 
-def finish_frames(stream: Stream, first_seq: int, texts: Sequence[str]) -> list[Frame]:
-    """What a finish announces: its last chunks, then the final status."""
-    return [*chunk_frames(str(stream.id), first_seq, texts), status_frame(stream)]
+def active_status_frame(stream_id: str, status: str) -> Frame:
+    """The status frame of a stream that is not final (its other fields are null)."""
+    return {
+        "type": "status",
+        "stream_id": stream_id,
+        "status": status,
+        "error": None,
+        **dict.fromkeys(_FINAL_FIELDS),
+    }
 
 
-#: The one group event type of the component; the consumer mixin's ``stream_frames``
-#: handles it.
-FRAMES_EVENT = "stream.frames"
+_FINAL_FIELDS = (
+    *("last_seq", "length", "sha256", "reasoning_length", "reasoning_sha256"),
+    *("finish_reason", "model", "usage"),
+)
+
+
+def is_final_status(frame: Frame) -> bool:
+    """A status frame that ends its stream (only final ones carry ``last_seq``)."""
+    return frame["type"] == "status" and frame.get("last_seq") is not None
 
 
 def group_event(frames: list[Frame]) -> dict[str, Any]:
-    """Wrap the frames of one write for ``group_send``: one channel-layer message per
-    write, however many chunks it holds, so a fast model costs Redis no more messages
-    than a slow one."""
+    """The frames of one write, wrapped for ``group_send``: one channel-layer message per
+    write, so a fast model costs Redis no more messages than a slow one."""
     return {"type": FRAMES_EVENT, "frames": frames}
 
 
 async def aannounce(group: str, frames: list[Frame]) -> None:
     """Send frames to a group. Delivery is at most once by design (seq + resume repair
-    what is lost), so a failing layer is logged, never raised into the writer."""
+    what is lost), so a failure is logged with its traceback, never raised into the
+    writer: a layer that is away is a warning, anything else an error."""
     layer = get_channel_layer()
     if layer is None or not frames:
         return
     try:
         await layer.group_send(group, group_event(frames))
-    except Exception:
+    except LAYER_ERRORS:
         logger.warning("could not announce %s to %s", frames[0]["type"], group, exc_info=True)
-
-
-def announce_on_commit(group: str, frames: list[Frame]) -> None:
-    """Schedule ``aannounce`` for after the current transaction commits."""
-    from django.db import transaction
-
-    transaction.on_commit(lambda: async_to_sync(aannounce)(group, frames))
+    except Exception:
+        logger.exception("announcing %s to %s failed", frames[0]["type"], group)
+    else:
+        LAYER_MESSAGES.inc()
+        return
+    FRAMES_DROPPED.labels("announce_failed").inc(len(frames))

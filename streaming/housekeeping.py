@@ -29,6 +29,7 @@ ACTIVE_STATUSES = tuple(sorted(str(s) for s in ACTIVE))
 
 _DURATION = re.compile(r"(\d+)([smhd])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 _LONGEST = 100 * 366 * 86400
 
 
@@ -37,8 +38,9 @@ def parse_duration(value: str) -> timedelta:
     person can act on for anything else (a negative, a fraction, another unit, nothing)."""
     match = _DURATION.fullmatch(value.strip())
     if match is None:
+        why = "an age cannot be negative; " if value.strip().startswith("-") else ""
         raise ValueError(
-            f"{value!r} is not a duration: use a whole number and one of the units "
+            f"{value!r} is not a duration: {why}use a whole number and one of the units "
             "s, m, h, d (for example 90s, 15m, 12h or 7d)."
         )
     number, unit = match.groups()
@@ -48,7 +50,26 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def describe_duration(value: timedelta) -> str:
+    """A duration as people say it: ``30 days``, ``1 hour``, ``90 seconds`` (the largest
+    unit that states it exactly, so nothing is rounded away)."""
+    seconds = round(value.total_seconds())
+    for name, size in _UNITS:
+        if seconds >= size and seconds % size == 0:
+            return _plural(seconds // size, name)
+    return _plural(seconds, "second")  # 0 seconds
+
+
 # --- the reaper ---------------------------------------------------------------------
+
+
+def _expired() -> QuerySet[Stream]:
+    return Stream.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=timezone.now())
+
+
+def expired_stream_count() -> int:
+    """How many streams the reaper would settle now (``reap_streams --dry-run``)."""
+    return _expired().count()
 
 
 def streams_reap() -> int:
@@ -59,12 +80,9 @@ def streams_reap() -> int:
     ``only_if_expired``), the path every final status takes: the adapter copies the text
     into the project's rows and the status frame goes out after the commit. The UPDATE
     re-checks the lease, so a driver that renewed it in the meantime keeps its stream.
+    The caller reports the count (the command prints it, the scheduled task logs it).
     """
-    expired = list(
-        Stream.objects.filter(status__in=ACTIVE_STATUSES, lease_expires_at__lt=timezone.now())
-        .order_by()
-        .values_list("id", flat=True)
-    )
+    expired = list(_expired().order_by().values_list("id", flat=True))
     settled = 0
     for stream_id in expired:
         try:
@@ -73,8 +91,6 @@ def streams_reap() -> int:
         except Exception:
             # One stream whose hook fails must not keep the others alive forever.
             logger.exception("could not settle expired stream %s", stream_id)
-    if settled:
-        logger.info("reaper settled %d expired streams as timeout", settled)
     return settled
 
 
@@ -108,7 +124,7 @@ def streams_purge(*, older_than: timedelta | None = None, dry_run: bool = False)
 
     The row keeps the compacted text, so a resume after the chunks are gone answers with
     a snapshot; the project's rows keep their own copy of the text when the stream row
-    goes (the chat's ``Message.stream`` is SET_NULL).
+    goes (the chat's ``Message.stream`` is SET_NULL). The caller reports the result.
     """
     now = timezone.now()
     chunk_age = timedelta(seconds=app_settings.CHUNK_RETENTION)
@@ -123,10 +139,7 @@ def streams_purge(*, older_than: timedelta | None = None, dry_run: bool = False)
     streams = Stream.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=now - stream_age)
     if dry_run:
         return PurgeResult(streams=streams.count(), chunks=chunks.count(), dry_run=True)
-    removed = _in_batches(chunks, _delete_chunks) + _in_batches(streams, _delete_streams)
-    if removed.streams or removed.chunks:
-        logger.info("purge: %s", removed)
-    return removed
+    return _in_batches(chunks, _delete_chunks) + _in_batches(streams, _delete_streams)
 
 
 def streams_purge_final(*, streams: QuerySet[Stream]) -> PurgeResult:

@@ -50,7 +50,9 @@ def ensure_schedules(*, using: str = DEFAULT_DB_ALIAS, schedule_model: Any = Non
     removed here.
     """
     if schedule_model is None:
-        from django_q.models import Schedule as schedule_model
+        from django_q.models import Schedule
+
+        schedule_model = Schedule
     now = timezone.now()
     schedules = schedule_model.objects.using(using)
     with transaction.atomic(using=using):

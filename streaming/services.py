@@ -10,30 +10,80 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from streaming.adapter import get_adapter
 from streaming.conf import app_settings
+from streaming.core.batching import Batch
+from streaming.core.deltas import (
+    REASONING,
+    TEXT,
+    USAGE_FIELDS,
+    Finish,
+    clean_model,
+    clean_usage,
+    final_finish_reason,
+)
 from streaming.core.lifecycle import ACTIVE, Status, sources_for, text_digest
 from streaming.errors import StreamError
-from streaming.frames import announce_on_commit, chunk_frames, finish_frames, status_frame
+from streaming.frames import Frame, aannounce, status_frame
+from streaming.metrics import STREAMS_REAPED
 from streaming.models import Chunk, Stream
 
-TIMEOUT_MESSAGE = "The stream's driver stopped responding (its lease expired)."
+StreamId = uuid.UUID | str
+
+TIMEOUT_MESSAGE = (
+    "The server generating this text stopped responding; what it wrote so far is kept."
+)
 
 
 def _lease_from(now: datetime) -> datetime:
     return now + timedelta(seconds=app_settings.LEASE_SECONDS)
 
 
+def announce_on_commit(group: str, frames: list[Frame]) -> None:
+    """Send ``frames`` to ``group`` once the current transaction commits (sync callers;
+    the driver announces from its event loop instead)."""
+    transaction.on_commit(lambda: async_to_sync(aannounce)(group, frames))
+
+
+# --- creating and claiming -------------------------------------------------------------
+
+#: Streams created ``claimed`` in this process and not yet driven: id → group. ``drive``
+#: takes its stream from here instead of claiming it with a transaction of its own.
+_claimed_here: dict[str, str] = {}
+
+
+def keep_claim(stream_id: str, group: str) -> None:
+    """Hold a claim this process won (``stream_claim``) for its ``drive`` here."""
+    _claimed_here[stream_id] = group
+
+
+def take_claim(stream_id: str) -> str | None:
+    """The group of a stream created claimed in this process, once (None otherwise)."""
+    return _claimed_here.pop(stream_id, None)
+
+
+def take_all_claims() -> list[str]:
+    """Every stream created claimed here and not driven yet (a server stopping)."""
+    stream_ids = list(_claimed_here)
+    _claimed_here.clear()
+    return stream_ids
+
+
 @transaction.atomic
-def stream_create(*, group: str, owner: Any = None) -> Stream:
-    """A new pending stream. Its lease starts now, so one that nobody claims is reaped."""
+def stream_create(*, group: str, owner: Any = None, claimed: bool = False) -> Stream:
+    """A new stream, ``pending``, or already ``streaming`` when ``claimed``: then the
+    caller must ``drive`` it in this process, and the claim costs no transaction of its
+    own (it commits with the caller's). Its lease starts now, so one that nobody drives
+    is reaped. Refused with ``too_many_active`` past the owner's limit."""
     limit = app_settings.MAX_ACTIVE_PER_OWNER
     if owner is not None and limit:
         # Lock the owner's row so two concurrent creates count each other.
@@ -44,145 +94,223 @@ def stream_create(*, group: str, owner: Any = None) -> Stream:
                 StreamError.TOO_MANY_ACTIVE,
                 f"At most {limit} answers may stream at once; wait for one to finish.",
             )
-    return Stream.objects.create(
-        group=group, owner=owner, lease_expires_at=_lease_from(timezone.now())
+    now = timezone.now()
+    stream = Stream.objects.create(
+        group=group,
+        owner=owner,
+        lease_expires_at=_lease_from(now),
+        status=Status.STREAMING if claimed else Status.PENDING,
+        started_at=now if claimed else None,
     )
+    if claimed:
+        stream_id = str(stream.id)
+        transaction.on_commit(lambda: _claimed_here.__setitem__(stream_id, group))
+    return stream
 
 
-def stream_claim(
-    *, stream_id: uuid.UUID | str, driver_channel: str, announce: bool = True
-) -> Stream | None:
+def stream_claim(*, stream_id: StreamId) -> Stream | None:
     """The pending → streaming compare-and-set: the stream for exactly one claimer, ever;
-    None for every other (and for an unknown id). ``announce=False``: the async caller
-    sends the status frame itself once this returns."""
+    None for every other (and for an unknown id). The caller announces the status."""
     now = timezone.now()
     with transaction.atomic():
         won = Stream.objects.filter(id=stream_id, status__in=sources_for(Status.STREAMING)).update(
             status=Status.STREAMING,
-            driver_channel=driver_channel,
             lease_expires_at=_lease_from(now),
+            started_at=now,
             updated_at=now,
         )
-        if not won:
-            return None
-        stream = Stream.objects.get(id=stream_id)
-        if announce:
-            announce_on_commit(stream.group, [status_frame(stream)])
-    return stream
+        return Stream.objects.get(id=stream_id) if won else None
 
 
-def chunk_append(
-    *,
-    stream_id: uuid.UUID | str,
-    group: str,
-    first_seq: int,
-    texts: Sequence[str],
-    announce: bool = True,
-) -> int:
-    """Persist ``texts`` as chunks ``first_seq, first_seq + 1, …`` and renew the lease, in
-    one transaction; announce them after commit. Returns the new last seq.
+# --- the driver's writes ---------------------------------------------------------------
 
-    The UPDATE only matches a streaming stream whose last seq is ``first_seq - 1``, which
-    keeps seqs gapless and stops a driver whose stream was settled by someone else. A
-    retry of a write that did commit (the connection broke before the answer) is
-    recognised and succeeds without writing twice. An async caller passes
-    ``announce=False`` and announces once this returns (after the commit too), which
-    spares the worker thread a hop back to the event loop.
+
+@dataclass(frozen=True, slots=True)
+class ChunkWrite:
+    """The next batches of one stream, to be chunks ``first_seq``, ``first_seq + 1``, …"""
+
+    stream_id: str
+    first_seq: int
+    batches: Sequence[Batch]
+    first_token_at: datetime | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.batches) - 1
+
+
+def chunks_append(*, writes: Sequence[ChunkWrite]) -> dict[str, bool]:
+    """Persist the batches of several streams and renew their leases, in the caller's
+    transaction; map each stream id to whether its chunks are in the database now.
+
+    Each stream's UPDATE only matches it while it is streaming and its last seq is the
+    one before ``first_seq``, which keeps seqs gapless and stops a driver whose stream
+    was settled (or deleted) by someone else. A retry of a write that did commit (the
+    connection broke before the answer) is recognised and not written twice.
     """
-    last_seq = first_seq + len(texts) - 1
     now = timezone.now()
-    with transaction.atomic():
+    lease = _lease_from(now)
+    accepted: dict[str, bool] = {}
+    rows: list[Chunk] = []
+    for write in writes:
+        changes: dict[str, Any] = {"last_seq": write.last_seq, "lease_expires_at": lease}
+        if write.first_token_at is not None:
+            changes["first_token_at"] = write.first_token_at
         updated = Stream.objects.filter(
-            id=stream_id, status=Status.STREAMING, last_seq=first_seq - 1
-        ).update(last_seq=last_seq, lease_expires_at=_lease_from(now), updated_at=now)
-        if not updated:
-            stream = Stream.objects.only("status", "last_seq").get(id=stream_id)
-            if stream.last_seq == last_seq and stream.status == Status.STREAMING:
-                return last_seq
-            raise StreamError(
-                StreamError.NOT_STREAMING,
-                f"Stream {stream_id} is {stream.status} at seq {stream.last_seq}.",
+            id=write.stream_id, status=Status.STREAMING, last_seq=write.first_seq - 1
+        ).update(**changes, updated_at=now)
+        if updated:
+            rows.extend(_chunk_rows(write.stream_id, write.first_seq, write.batches))
+            accepted[write.stream_id] = True
+        else:
+            row = Stream.objects.filter(id=write.stream_id).values("status", "last_seq").first()
+            accepted[write.stream_id] = bool(
+                row and row["status"] == Status.STREAMING and row["last_seq"] == write.last_seq
             )
-        Chunk.objects.bulk_create(
-            Chunk(stream_id=stream_id, seq=first_seq + offset, text=text)
-            for offset, text in enumerate(texts)
-        )
-        if announce:
-            announce_on_commit(group, chunk_frames(str(stream_id), first_seq, texts))
-    return last_seq
+    Chunk.objects.bulk_create(rows)
+    return accepted
 
 
-def stream_renew_lease(*, stream_id: uuid.UUID | str) -> bool:
-    """Keep a quiet stream alive: one UPDATE, only while it is streaming."""
+def _chunk_rows(stream_id: StreamId, first_seq: int, batches: Sequence[Batch]) -> list[Chunk]:
+    return [
+        Chunk(stream_id=stream_id, seq=first_seq + offset, part=part, text=text)
+        for offset, (part, text) in enumerate(batches)
+    ]
+
+
+def streams_renew_leases(*, stream_ids: Sequence[str]) -> set[str]:
+    """Keep quiet streams alive with one UPDATE; return the ids that are no longer
+    streaming (settled or deleted by someone else), whose drivers must stop."""
     now = timezone.now()
-    return bool(
-        Stream.objects.filter(id=stream_id, status=Status.STREAMING).update(
-            lease_expires_at=_lease_from(now), updated_at=now
-        )
+    Stream.objects.filter(id__in=stream_ids, status=Status.STREAMING).update(
+        lease_expires_at=_lease_from(now), updated_at=now
     )
+    alive = Stream.objects.filter(id__in=stream_ids, status=Status.STREAMING).values_list(
+        "id", flat=True
+    )
+    return set(stream_ids) - {str(stream_id) for stream_id in alive}
+
+
+def stream_end(
+    *,
+    stream_id: StreamId,
+    status: Status,
+    error: str = "",
+    first_seq: int = 0,
+    tail: Sequence[Batch] = (),
+    report: Finish | None = None,
+    first_token_at: datetime | None = None,
+) -> Stream | None:
+    """The driver's end: its last batches (chunks ``first_seq``, …, guarded like
+    ``chunks_append``) and the final status, in the caller's transaction; None when the
+    stream was no longer the driver's to end. The caller announces the frames."""
+    guard: dict[str, Any] = {"status": Status.STREAMING}
+    changes: dict[str, Any] = {}
+    if tail:
+        guard["last_seq"] = first_seq - 1
+        changes["last_seq"] = first_seq + len(tail) - 1
+    if first_token_at is not None:
+        changes["first_token_at"] = first_token_at
+    report = report or Finish()
+    usage = clean_usage(report.usage) or {}
+    changes.update(
+        model=clean_model(report.model),
+        finish_reason=final_finish_reason(status, report.finish_reason),
+        **{name: usage.get(name) for name in USAGE_FIELDS},
+    )
+    if not _finalize(stream_id, guard, status=status, error=error, changes=changes):
+        return None
+    Chunk.objects.bulk_create(_chunk_rows(stream_id, first_seq, tail))
+    return _compact(stream_id)
+
+
+# --- ends decided by others: the reaper, a cancel nobody answered, a delete -------------
 
 
 @transaction.atomic
-def stream_finish(
-    *,
-    stream_id: uuid.UUID | str,
-    status: Status,
-    error: str = "",
-    only_if_expired: bool = False,
-    only_from: Sequence[Status] | None = None,
-    first_seq: int = 0,
-    texts: Sequence[str] = (),
-    announce: bool = True,
-) -> Stream | None:
-    """Move a stream to a final status and compact it; None if it could not move.
-
-    A driver passes its last ``texts`` (chunks ``first_seq``, …), guarded like
-    ``chunk_append``: its end is one transaction and one announcement, chunks then
-    status. The status UPDATE comes first, so it locks the row: no chunk can be appended
-    between reading the chunks and writing the compacted text. The adapter's hook runs
-    in the same transaction, and the frames go out after the commit (``announce=False``:
-    the async caller sends ``finish_frames`` itself once this returns).
-    """
-    assert Status(status).is_final, status
-    now = timezone.now()
-    sources = [str(s) for s in (only_from or sources_for(status))]
-    matching = Stream.objects.filter(id=stream_id, status__in=sources)
-    if only_if_expired:
-        matching = matching.filter(lease_expires_at__lt=now)
-    changes: dict[str, Any] = {"status": status, "error": error, "finished_at": now}
-    if texts:
-        matching = matching.filter(last_seq=first_seq - 1)
-        changes["last_seq"] = first_seq + len(texts) - 1
-    if not matching.update(**changes, updated_at=now):
-        return None
-    Chunk.objects.bulk_create(
-        Chunk(stream_id=stream_id, seq=first_seq + offset, text=text)
-        for offset, text in enumerate(texts)
-    )
-    text = "".join(
-        Chunk.objects.filter(stream_id=stream_id).order_by("seq").values_list("text", flat=True)
-    )
-    length, sha256 = text_digest(text)
-    Stream.objects.filter(id=stream_id).update(
-        text=text, length=length, sha256=sha256, driver_channel=""
-    )
-    stream = Stream.objects.get(id=stream_id)
-    get_adapter().stream_finished(stream)
-    if announce:
-        announce_on_commit(stream.group, finish_frames(stream, first_seq, texts))
+def stream_settle_if_expired(*, stream_id: StreamId) -> Stream | None:
+    """Lazy reaping: a pending or streaming stream whose lease passed becomes timeout.
+    The lease is checked again by the UPDATE, so a driver that renewed it keeps it."""
+    guard = {"status__in": sources_for(Status.TIMEOUT), "lease_expires_at__lt": timezone.now()}
+    stream = _settle(stream_id, guard, Status.TIMEOUT, TIMEOUT_MESSAGE)
+    if stream is not None:
+        STREAMS_REAPED.inc()
     return stream
 
 
-def stream_settle_if_expired(*, stream_id: uuid.UUID | str) -> Stream | None:
-    """Lazy reaping: a reader who finds an expired lease settles the stream as timeout."""
-    return stream_finish(
-        stream_id=stream_id, status=Status.TIMEOUT, error=TIMEOUT_MESSAGE, only_if_expired=True
+@transaction.atomic
+def stream_cancel_now(*, stream_id: StreamId) -> Stream | None:
+    """Cancel a pending stream, or a streaming one whose driver did not answer a cancel:
+    the text persisted so far stays. None if it was final already."""
+    return _settle(stream_id, {"status__in": sources_for(Status.CANCELLED)}, Status.CANCELLED, "")
+
+
+@transaction.atomic
+def stream_settle_stopped(*, stream_id: StreamId, error: str) -> Stream | None:
+    """End a stream this process claimed but never drove, as its server stops."""
+    return _settle(stream_id, {"status__in": sources_for(Status.ERROR)}, Status.ERROR, error)
+
+
+def _settle(
+    stream_id: StreamId, guard: dict[str, Any], status: Status, error: str
+) -> Stream | None:
+    changes = {"finish_reason": final_finish_reason(status, None)}
+    if not _finalize(stream_id, guard, status=status, error=error, changes=changes):
+        return None
+    stream = _compact(stream_id)
+    announce_on_commit(stream.group, [status_frame(stream)])
+    return stream
+
+
+def _finalize(
+    stream_id: StreamId,
+    guard: dict[str, Any],
+    *,
+    status: Status,
+    error: str,
+    changes: dict[str, Any],
+) -> bool:
+    """The one UPDATE that makes a stream final, where ``guard`` still holds. It comes
+    first in its transaction, so it locks the row: no chunk can be appended between
+    reading the chunks and writing the compacted text."""
+    if not Status(status).is_final:
+        raise ValueError(f"{status!r} is not a final status")
+    now = timezone.now()
+    return bool(
+        Stream.objects.filter(id=stream_id, **guard).update(
+            status=status, error=error, finished_at=now, updated_at=now, **changes
+        )
     )
 
 
-def stream_delete(*, stream_id: uuid.UUID | str) -> bool:
-    """Remove a stream and its chunks."""
-    with transaction.atomic():
-        Chunk.objects.filter(stream_id=stream_id).delete()
-        deleted, _ = Stream.objects.filter(id=stream_id).delete()
+def _compact(stream_id: StreamId) -> Stream:
+    """Copy the whole text and reasoning into the final row (reading it is then one row,
+    and the chunks may go), with the digests a client verifies; then the project's hook,
+    in the same transaction."""
+    parts: dict[str, list[str]] = {TEXT: [], REASONING: []}
+    for part, text in (
+        Chunk.objects.filter(stream_id=stream_id).order_by("seq").values_list("part", "text")
+    ):
+        parts[part].append(text)
+    text, reasoning = "".join(parts[TEXT]), "".join(parts[REASONING])
+    length, sha256 = text_digest(text)
+    reasoning_length, reasoning_sha256 = text_digest(reasoning)
+    Stream.objects.filter(id=stream_id).update(
+        text=text,
+        length=length,
+        sha256=sha256,
+        reasoning=reasoning,
+        reasoning_length=reasoning_length,
+        reasoning_sha256=reasoning_sha256,
+    )
+    stream = Stream.objects.get(id=stream_id)
+    get_adapter().stream_finished(stream)
+    return stream
+
+
+@transaction.atomic
+def stream_delete(*, stream_id: StreamId) -> bool:
+    """Remove a stream and its chunks (an active one: see ``api.delete_stream``)."""
+    Chunk.objects.filter(stream_id=stream_id).delete()
+    deleted, _ = Stream.objects.filter(id=stream_id).delete()
     return bool(deleted)

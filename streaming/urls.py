@@ -2,7 +2,11 @@
 
 from django.urls import path
 
-from streaming.views import stream_detail
+from streaming.views import stream_cancel, stream_detail, stream_events
 
 app_name = "streaming"
-urlpatterns = [path("<str:stream_id>/", stream_detail, name="stream-detail")]
+urlpatterns = [
+    path("<str:stream_id>/", stream_detail, name="stream-detail"),
+    path("<str:stream_id>/events/", stream_events, name="stream-events"),
+    path("<str:stream_id>/cancel/", stream_cancel, name="stream-cancel"),
+]

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from streaming.core.deltas import PARTS, TEXT, Delta, Part
+
 #: End a sentence when followed by whitespace (and then not by a lowercase letter).
 TERMINATORS = frozenset(".!?…")
 #: End a sentence on their own: CJK text has no spaces after them.
@@ -158,6 +160,44 @@ class SentenceBatcher:
         elif self._line != _LINE_TEXT and not (space and self._line == _LINE_START):
             self._line = _LINE_DIGITS if ch.isascii() and ch.isdigit() else _LINE_TEXT
         return boundary
+
+
+Batch = tuple[Part, str]
+
+
+class PartBatcher:
+    """Sentence batches of a stream with two parts: a batch never mixes parts, and a
+    change of part ends the batch of the part before (so a reader sees the thinking
+    end before the answer starts). Each part keeps its own sentence state."""
+
+    def __init__(self, *, max_chars: int = 2048, max_delay: float = 1.0) -> None:
+        self._batchers = {
+            part: SentenceBatcher(max_chars=max_chars, max_delay=max_delay) for part in PARTS
+        }
+        self._part: Part = TEXT
+
+    @property
+    def deadline(self) -> float | None:
+        """When the buffered text must be flushed (only the current part buffers)."""
+        return self._batchers[self._part].deadline
+
+    def due(self, now: float) -> bool:
+        return self._batchers[self._part].due(now)
+
+    def feed(self, delta: Delta, now: float) -> list[Batch]:
+        """Add a delta received at ``now``; return the batches it completed, in order."""
+        batches: list[Batch] = []
+        if delta.part != self._part:
+            batches.extend(self.flush())
+            self._part = delta.part
+        part = self._part
+        batches.extend((part, text) for text in self._batchers[part].feed(delta.text, now))
+        return batches
+
+    def flush(self) -> list[Batch]:
+        """Everything buffered, as at most one batch (only the current part buffers)."""
+        text = self._batchers[self._part].flush()
+        return [(self._part, text)] if text else []
 
 
 def split_batches(text_deltas: Iterable[str], *, max_chars: int) -> list[str]:

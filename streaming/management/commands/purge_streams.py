@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streaming.conf import app_settings
-from streaming.housekeeping import parse_duration, streams_purge
+from streaming.housekeeping import describe_duration, parse_duration, streams_purge
+
+OLDER_THAN = "--older-than"
+_NEGATIVE = re.compile(r"-\d")
 
 
 def duration(value: str) -> timedelta:
@@ -19,6 +23,19 @@ def duration(value: str) -> timedelta:
         return parse_duration(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def joined_negative_value(argv: list[str]) -> list[str]:
+    """``--older-than -1d`` as ``--older-than=-1d``: argparse takes a separate "-1d" for
+    an option and answers "expected one argument"; joined, the value reaches
+    ``duration`` and the user reads why it is refused."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == OLDER_THAN and _NEGATIVE.match(arg):
+            joined[-1] = f"{OLDER_THAN}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 class Command(BaseCommand):
@@ -33,11 +50,14 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Count what would be removed; remove nothing."
         )
         parser.add_argument(
-            "--older-than",
+            OLDER_THAN,
             type=duration,
             metavar="DURATION",
             help="Use this age (90s, 15m, 12h, 7d) instead of both retentions for this run.",
         )
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        super().run_from_argv(joined_negative_value(argv))
 
     def handle(self, *args: Any, **options: Any) -> None:
         older_than = options["older_than"]
@@ -54,9 +74,9 @@ class Command(BaseCommand):
 
     def _policy(self, older_than: timedelta | None) -> str:
         if older_than is not None:
-            return f"Final streams and their chunks older than {older_than}."
-        chunks = timedelta(seconds=app_settings.CHUNK_RETENTION)
-        streams = timedelta(seconds=app_settings.STREAM_RETENTION)
+            return f"Final streams and their chunks older than {describe_duration(older_than)}."
+        chunks = describe_duration(timedelta(seconds=app_settings.CHUNK_RETENTION))
+        streams = describe_duration(timedelta(seconds=app_settings.STREAM_RETENTION))
         return (
             f"Chunks of final streams older than {chunks}; final streams older than "
             f"{streams}; at most {app_settings.PURGE_BATCH_SIZE} rows per statement."

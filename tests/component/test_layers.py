@@ -1,0 +1,73 @@
+"""The component's Redis layer rides out a Redis restart (on a private Redis server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from streaming.layers import RedisChannelLayer
+from tests.fixtures import require
+from tests.servers import free_port
+
+
+@pytest.fixture
+def private_redis():
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    port = free_port()
+    command = [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        for _ in range(50):
+            if (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).returncode
+                == 0
+            ):
+                return process
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    servers = [start()]
+    yield port, servers, start
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(private_redis):
+    port, servers, start = private_redis
+    layer = RedisChannelLayer(
+        hosts=[{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": 30}]
+    )
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    received = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0.3)
+    servers[0].kill()
+    servers[0].wait()
+    await asyncio.sleep(0.5)
+    servers.append(await asyncio.to_thread(start))
+    async with asyncio.timeout(20):
+        while not received.done():
+            with contextlib.suppress(Exception):
+                await layer.group_send("room", {"type": "hello"})
+            await asyncio.sleep(0.2)
+    assert received.result() == {"type": "hello"}
+    await layer.flush()

@@ -1,0 +1,193 @@
+"""Services: every write, each status change one guarded UPDATE."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from streaming import StreamError, delete_stream, services
+from streaming.core.deltas import Finish
+from streaming.core.lifecycle import Status, text_digest
+from streaming.models import Chunk, Stream
+from streaming.services import ChunkWrite
+from tests.component import app
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def append(stream, first_seq: int, *batches: tuple[str, str]) -> bool:
+    write = ChunkWrite(str(stream.id), first_seq, list(batches))
+    with transaction.atomic():
+        return services.chunks_append(writes=[write])[str(stream.id)]
+
+
+def end(stream, status=Status.DONE, *, first_seq=0, tail=(), report=None):
+    with transaction.atomic():
+        return services.stream_end(
+            stream_id=stream.id, status=status, first_seq=first_seq, tail=list(tail), report=report
+        )
+
+
+def test_second_claim_loses_when_first_claim_won(make_stream):
+    stream = make_stream()
+    assert services.stream_claim(stream_id=stream.id) is not None
+    assert services.stream_claim(stream_id=stream.id) is None
+
+
+def test_a_claimed_stream_is_created_streaming_and_handed_to_this_process_once(make_stream):
+    stream = make_stream(claimed=True)
+    assert (stream.status, stream.started_at is not None) == ("streaming", True)
+    assert services.take_claim(str(stream.id)) == "test.group"
+    assert services.take_claim(str(stream.id)) is None
+
+
+def test_a_claim_rolled_back_with_its_transaction_is_never_handed_out(make_stream):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        stream = make_stream(claimed=True)
+        raise RuntimeError("the caller's next write failed")
+    assert services.take_claim(str(stream.id)) is None
+    assert not Stream.objects.filter(id=stream.id).exists()
+
+
+def test_an_owner_past_the_active_limit_is_refused(make_stream, settings):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 2
+    make_stream()
+    make_stream(claimed=True)
+    with pytest.raises(StreamError) as refused:
+        make_stream()
+    assert refused.value.code == StreamError.TOO_MANY_ACTIVE
+
+
+def test_chunks_are_appended_only_as_the_next_seqs(make_stream):
+    stream = make_stream(claimed=True)
+    assert append(stream, 0, ("text", "A. "), ("reasoning", "b "))
+    assert not append(stream, 5, ("text", "gap"))
+    rows = list(Chunk.objects.filter(stream=stream).values_list("seq", "part", "text"))
+    assert rows == [(0, "text", "A. "), (1, "reasoning", "b ")]
+    assert Stream.objects.get(id=stream.id).last_seq == 1
+
+
+def test_a_retried_write_that_had_committed_is_recognised_and_not_written_twice(make_stream):
+    stream = make_stream(claimed=True)
+    assert append(stream, 0, ("text", "A. "))
+    assert append(stream, 0, ("text", "A. "))
+    assert Chunk.objects.filter(stream=stream).count() == 1
+
+
+def test_chunks_for_a_stream_settled_or_deleted_elsewhere_are_refused(make_stream):
+    cancelled, deleted = make_stream(claimed=True), make_stream(claimed=True)
+    services.stream_cancel_now(stream_id=cancelled.id)
+    Stream.objects.filter(id=deleted.id).delete()
+    assert not append(cancelled, 0, ("text", "late"))
+    assert not append(deleted, 0, ("text", "late"))
+
+
+def test_one_append_call_writes_several_streams_each_under_its_own_guard(make_stream):
+    good, stale = make_stream(claimed=True), make_stream(claimed=True)
+    writes = [ChunkWrite(str(good.id), 0, [("text", "ok")]), ChunkWrite(str(stale.id), 3, [])]
+    with transaction.atomic():
+        accepted = services.chunks_append(writes=writes)
+    assert accepted == {str(good.id): True, str(stale.id): False}
+
+
+def test_renewing_leases_tells_which_streams_are_no_longer_streaming(make_stream):
+    alive, cancelled = make_stream(claimed=True), make_stream(claimed=True)
+    services.stream_cancel_now(stream_id=cancelled.id)
+    before = Stream.objects.get(id=alive.id).lease_expires_at
+    stopped = services.streams_renew_leases(stream_ids=[str(alive.id), str(cancelled.id)])
+    assert stopped == {str(cancelled.id)}
+    assert Stream.objects.get(id=alive.id).lease_expires_at > before
+
+
+def test_the_end_writes_the_tail_compacts_each_part_and_runs_the_hook_once(make_stream):
+    stream = make_stream(claimed=True)
+    append(stream, 0, ("reasoning", "Think. "))
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "reasoning_tokens": None}
+    final = end(stream, first_seq=1, tail=[("text", "Ans")], report=Finish("stop", "m", usage))
+    assert (final.status, final.last_seq, final.text, final.reasoning) == (
+        "done",
+        1,
+        "Ans",
+        "Think. ",
+    )
+    assert (final.reasoning_length, final.reasoning_sha256) == text_digest("Think. ")
+    assert (final.model, final.usage, final.finish_reason) == ("m", usage, "stop")
+    assert app.finished == [(str(stream.id), "done", "Ans")]
+
+
+def test_an_end_whose_tail_does_not_follow_the_last_seq_changes_nothing(make_stream):
+    stream = make_stream(claimed=True)
+    assert end(stream, first_seq=4, tail=[("text", "x")]) is None
+    assert Stream.objects.get(id=stream.id).status == "streaming"
+
+
+def test_ending_with_a_status_that_is_not_final_is_refused_with_a_value_error(make_stream):
+    stream = make_stream(claimed=True)
+    with pytest.raises(ValueError):
+        end(stream, Status.STREAMING)
+
+
+def test_an_end_other_than_done_records_its_own_status_as_finish_reason(make_stream):
+    stream = make_stream(claimed=True)
+    final = end(stream, Status.CANCELLED, report=Finish("stop", "m", None))
+    assert final.finish_reason == "cancelled"
+
+
+def test_only_an_expired_lease_is_settled_as_timeout(make_stream):
+    live, expired = make_stream(), make_stream()
+    Stream.objects.filter(id=expired.id).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert services.stream_settle_if_expired(stream_id=live.id) is None
+    settled = services.stream_settle_if_expired(stream_id=expired.id)
+    assert (settled.status, settled.error, settled.finish_reason) == (
+        "timeout",
+        services.TIMEOUT_MESSAGE,
+        "timeout",
+    )
+
+
+def test_a_final_stream_is_never_cancelled_again(make_stream):
+    stream = make_stream(claimed=True)
+    end(stream)
+    assert services.stream_cancel_now(stream_id=stream.id) is None
+    assert Stream.objects.get(id=stream.id).status == "done"
+
+
+def test_deleting_an_active_stream_ends_it_cancelled_through_the_hook_first(make_stream):
+    stream = make_stream(claimed=True)
+    append(stream, 0, ("text", "Kept. "))
+    assert delete_stream(stream.id)
+    assert app.finished == [(str(stream.id), "cancelled", "Kept. ")]
+    assert not Stream.objects.filter(id=stream.id).exists()
+    assert not Chunk.objects.filter(stream_id=stream.id).exists()
+
+
+def test_deleting_an_unknown_stream_says_so(make_stream):
+    stream = make_stream()
+    delete_stream(stream.id)
+    assert delete_stream(stream.id) is False
+
+
+def test_a_misspelt_or_malformed_setting_is_reported_by_the_system_check(settings):
+    from streaming.checks import check_settings
+
+    settings.STREAMING_LEASE_SECONDS = "soon"
+    settings.STREAMING_LEAST_SECONDS = 3
+    problems = {p.id: p.msg for p in check_settings()}
+    assert problems["streaming.E001"] == "STREAMING_LEASE_SECONDS='soon' is not a valid float."
+    assert problems["streaming.W001"] == (
+        "STREAMING_LEAST_SECONDS is not a setting of the streaming component."
+    )
+
+
+def test_settings_given_as_strings_are_parsed_to_their_type(settings):
+    from streaming.conf import app_settings
+
+    settings.STREAMING_CANCEL_ON_DRIVER_DISCONNECT = "false"
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = "5"
+    assert app_settings.CANCEL_ON_DRIVER_DISCONNECT is False
+    assert app_settings.MAX_ACTIVE_PER_OWNER == 5
