@@ -1,21 +1,38 @@
 """A small OpenAI-compatible chat completions server for tests, on real loopback HTTP.
 
-The openai SDK 3.x talks through ``httpx2``, which respx cannot intercept; and later
-integration tests run daphne in other processes. So instead of mocking, tests talk to
-this server: aiohttp in a background thread with its own event loop, on 127.0.0.1 and a
-free port, speaking the real SSE wire format of ``POST /v1/chat/completions``.
+Instead of mocking the HTTP client, tests talk to this server (integration tests do so
+from daphne processes of their own): aiohttp in a background thread with its own event
+loop, on 127.0.0.1 and a free port, speaking the real SSE wire format of
+``POST /v1/chat/completions``.
 
 Behaviour is chosen per request by ``[scenario=NAME]`` anywhere in the last user message,
 or else by the ``scenario`` attribute:
 
-``normal``           the ``reply`` text as word tokens, one every ``token_delay`` seconds
-``http500``          HTTP 500 with an OpenAI-style JSON error body
-``http429``          HTTP 429 (rate limit) with an OpenAI-style JSON error body
-``cut``              ``cut_after`` tokens, then the connection is closed without [DONE]
-``slow_first_byte``  waits ``first_byte_delay`` seconds before the headers, then normal
-``hang``             ``hang_after`` tokens, then silence for ``hang_seconds``, then the rest
-``empty``            role chunk, stop chunk, [DONE]: no content at all
-``endless``          tokens (the reply, over and over) until the client goes away
+``normal``            the ``reply`` text as word tokens, one every ``token_delay`` seconds
+``http500``           HTTP 500 with an OpenAI-style JSON error body
+``http429``           HTTP 429 (rate limit) with an OpenAI-style JSON error body
+``cut``               ``cut_after`` tokens, then the connection is closed without [DONE]
+``slow_first_byte``   waits ``first_byte_delay`` seconds before the headers, then normal
+``hang``              ``hang_after`` tokens, then silence for ``hang_seconds``, then the rest
+``empty``             role chunk, stop chunk, [DONE]: no content at all
+``endless``           tokens (the reply, over and over) until the client goes away
+``reasoning_content`` the ``reasoning_reply`` tokens in ``delta.reasoning_content`` (vLLM,
+                      DeepSeek), then the reply in ``delta.content``
+``reasoning``         the same in ``delta.reasoning`` (OpenRouter, Ollama)
+``length``            the reply, then finish_reason ``length`` (the token limit was hit)
+``rejects_stream_options``  HTTP 400 when the body has ``stream_options``, else normal
+``stream_error``      ``error_after`` tokens, then an ``{"error": ...}`` event, then the end
+``bare``              the reply in chunks with no ``model``, no finish_reason and no
+                      usage, whatever was asked: a server that reports nothing
+``odd_framing``       the reply in every SSE framing a client must read: ``data:`` without
+                      the space, CRLF line ends, comment lines, ``event:``/``id:``/``retry:``
+                      lines, one chunk's JSON over two ``data:`` lines; no [DONE] at the end
+``not_json``          the role chunk, then an event whose data is not JSON
+
+A request whose body has ``stream_options.include_usage`` gets, as real servers send
+it, a last chunk with empty ``choices`` and the ``usage`` (prompt words, completion
+tokens with reasoning among them, ``completion_tokens_details.reasoning_tokens``),
+except in ``bare``. ``GET /v1/models`` lists one model (and counts ``model_lists``).
 
 Every wait is taken in small steps, so ``stop()`` and a departing client end it promptly.
 """
@@ -37,9 +54,28 @@ import pytest
 from aiohttp import web
 
 SCENARIOS = frozenset(
-    {"normal", "http500", "http429", "cut", "slow_first_byte", "hang", "empty", "endless"}
+    {
+        "normal",
+        "http500",
+        "http429",
+        "cut",
+        "slow_first_byte",
+        "hang",
+        "empty",
+        "endless",
+        "reasoning_content",
+        "reasoning",
+        "length",
+        "rejects_stream_options",
+        "stream_error",
+        "bare",
+        "odd_framing",
+        "not_json",
+    }
 )
+REASONING_SCENARIOS = frozenset({"reasoning_content", "reasoning"})
 DEFAULT_REPLY = "Hello from the fake model. It streams word by word, like a real one!"
+DEFAULT_REASONING = "The user greets me. I should greet them back, briefly."
 
 _DIRECTIVE_RE = re.compile(r"\[scenario=([A-Za-z0-9_]+)\]")
 _TOKEN_RE = re.compile(r"\S+\s*")
@@ -57,10 +93,11 @@ class _Stopping(Exception):
 class FakeLLMServer:
     """OpenAI-compatible streaming server running in its own thread (see module doc).
 
-    Settable attributes (read at each request): ``scenario``, ``reply``, ``token_delay``,
-    ``first_byte_delay``, ``cut_after``, ``hang_after``, ``hang_seconds``.
+    Settable attributes (read at each request): ``scenario``, ``reply``,
+    ``reasoning_reply``, ``token_delay``, ``first_byte_delay``, ``cut_after``,
+    ``hang_after``, ``hang_seconds``, ``error_after``.
     Observations (thread-safe): ``requests``, ``request_count``, ``disconnects``,
-    ``completed``.
+    ``completed``, ``model_lists``, ``peers``.
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -81,15 +118,19 @@ class FakeLLMServer:
         """Restore the default behaviour and forget what was observed."""
         self.scenario = "normal"
         self.reply = DEFAULT_REPLY
+        self.reasoning_reply = DEFAULT_REASONING
         self.token_delay = 0.005
         self.first_byte_delay = 2.0
         self.cut_after = 3
         self.hang_after = 3
         self.hang_seconds = 3600.0
+        self.error_after = 3
         with self._lock:
             self._requests: list[dict[str, Any]] = []
             self._disconnects = 0
             self._completed = 0
+            self._model_lists = 0
+            self._peers: list[Any] = []
 
     @property
     def base_url(self) -> str:
@@ -118,6 +159,19 @@ class FakeLLMServer:
         """Streaming responses sent to the end ([DONE] included)."""
         with self._lock:
             return self._completed
+
+    @property
+    def peers(self) -> list[Any]:
+        """The client address of every request, oldest first: one address for several
+        requests means they shared a kept-alive connection."""
+        with self._lock:
+            return list(self._peers)
+
+    @property
+    def model_lists(self) -> int:
+        """``GET /v1/models`` requests answered (what a provider's warm-up sends)."""
+        with self._lock:
+            return self._model_lists
 
     def wait_for(
         self, predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01
@@ -196,6 +250,7 @@ class FakeLLMServer:
         self._loop = loop
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         try:
             loop.run_until_complete(runner.setup())
@@ -216,6 +271,14 @@ class FakeLLMServer:
 
     # --- HTTP ---------------------------------------------------------------------------
 
+    async def _models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self._model_lists += 1
+            self._peers.append(request.transport and request.transport.get_extra_info("peername"))
+        return web.json_response(
+            {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0}]}
+        )
+
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
@@ -225,6 +288,7 @@ class FakeLLMServer:
             return _error(400, "The request body must be a JSON object.", "invalid_request_error")
         with self._lock:
             self._requests.append(body)
+            self._peers.append(request.transport and request.transport.get_extra_info("peername"))
 
         scenario = _directive(body) or self.scenario
         if scenario not in SCENARIOS:
@@ -233,6 +297,10 @@ class FakeLLMServer:
             return _error(500, "The fake server had an error.", "server_error")
         if scenario == "http429":
             return _error(429, "Rate limit reached (fake).", "requests", code="rate_limit_exceeded")
+        if scenario == "rejects_stream_options" and "stream_options" in body:
+            return _error(
+                400, "Unrecognized request argument supplied: stream_options", "invalid_request"
+            )
 
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -266,17 +334,29 @@ class FakeLLMServer:
         scenario: str,
     ) -> None:
         chunk_id = f"chatcmpl-fake-{next(self._ids)}"
-        model = str(body.get("model", "fake-model"))
+        model = None if scenario == "bare" else str(body.get("model", "fake-model"))
+        sent = itertools.count()
 
         async def send(delta: dict[str, Any], finish_reason: str | None = None) -> None:
-            await self._send(response, request, _chunk(chunk_id, model, delta, finish_reason))
+            chunk = _chunk(chunk_id, model, delta, finish_reason)
+            if scenario == "odd_framing":
+                await self._write(response, request, _odd_frame(chunk, next(sent)))
+            else:
+                await self._send(response, request, chunk)
 
         await send({"role": "assistant", "content": ""})
+        if scenario == "not_json":
+            await self._write(response, request, b"data: this is not JSON\n\n")
         tokens = _TOKEN_RE.findall(self.reply)
+        thinks = scenario in REASONING_SCENARIOS
+        thoughts = _TOKEN_RE.findall(self.reasoning_reply) if thinks else []
         if scenario == "endless":
             for token in itertools.cycle(tokens or ["token "]):
                 await self._pause(self.token_delay, request)
                 await send({"content": token})
+        for thought in thoughts:
+            await self._pause(self.token_delay, request)
+            await send({scenario: thought})
         for index, token in enumerate([] if scenario == "empty" else tokens):
             if scenario == "cut" and index == self.cut_after:
                 # Abrupt end: no [DONE], no final empty chunk of the chunked encoding.
@@ -284,12 +364,23 @@ class FakeLLMServer:
                 assert request.transport is not None
                 request.transport.close()
                 return
+            if scenario == "stream_error" and index == self.error_after:
+                error = {"message": "The fake model broke down.", "type": "server_error"}
+                await self._send(response, request, {"error": error})
+                await response.write_eof()
+                return
             if scenario == "hang" and index == self.hang_after:
                 await self._pause(self.hang_seconds, request)
             await self._pause(self.token_delay, request)
             await send({"content": token})
-        await send({}, finish_reason="stop")
-        await self._write(response, request, b"data: [DONE]\n\n")
+        if scenario != "bare":
+            await send({}, finish_reason="length" if scenario == "length" else "stop")
+            if _asks_usage(body):
+                sent_tokens = 0 if scenario == "empty" else len(tokens)
+                usage = _usage(body, sent_tokens + len(thoughts), len(thoughts))
+                await self._send(response, request, {**_chunk(chunk_id, model, {}, None), **usage})
+        if scenario != "odd_framing":
+            await self._write(response, request, b"data: [DONE]\n\n")
         await response.write_eof()
         with self._lock:
             self._completed += 1
@@ -363,9 +454,10 @@ def _directive(body: dict[str, Any]) -> str | None:
 
 
 def _chunk(
-    chunk_id: str, model: str, delta: dict[str, Any], finish_reason: str | None
+    chunk_id: str, model: str | None, delta: dict[str, Any], finish_reason: str | None
 ) -> dict[str, Any]:
-    return {
+    """A chat.completion.chunk; without ``model`` when it is None (a bare server)."""
+    chunk: dict[str, Any] = {
         "id": chunk_id,
         "object": "chat.completion.chunk",
         "created": int(time.time()),
@@ -373,6 +465,46 @@ def _chunk(
         "system_fingerprint": None,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
+    if model is None:
+        del chunk["model"]
+        del chunk["choices"][0]["finish_reason"]
+    return chunk
+
+
+def _asks_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _usage(body: dict[str, Any], completion: int, reasoning: int) -> dict[str, Any]:
+    """The usage chunk's fields: no choices, and the counts (prompt = words sent)."""
+    messages = body.get("messages") or []
+    prompt = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
+    return {
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        },
+    }
+
+
+def _odd_frame(chunk: dict[str, Any], index: int) -> bytes:
+    """One chunk as an event in the ``index``-th of the framings ``odd_framing`` cycles."""
+    data = json.dumps(chunk)
+    kind = index % 5
+    if kind == 0:  # no space after the colon, CRLF line ends
+        return f"data:{data}\r\n\r\n".encode()
+    if kind == 1:  # a comment first, as servers send to keep proxies from timing out
+        return f": keep-alive\n\ndata: {data}\n\n".encode()
+    if kind == 2:  # a named event with an id and a retry hint
+        return f"event: message\nid: {index}\nretry: 1000\ndata: {data}\n\n".encode()
+    if kind == 3:  # the JSON over two data lines (joined with a newline, still JSON)
+        head, tail = data.split(", ", 1)
+        return f"data: {head},\ndata: {tail}\n\n".encode()
+    return f"data: {data}\r\n\r\n".encode()  # CRLF with the space
 
 
 def _error(status: int, message: str, kind: str, *, code: str | None = None) -> web.Response:

@@ -1,31 +1,41 @@
 """LLM providers: one small contract (``LLMProvider``) and the backends behind it.
 
-Not a Django app. Only ``get_provider`` reads Django settings, and imports them lazily,
-so the providers themselves can be used (and tested) without a configured project.
+Not a Django app. Only ``get_provider`` reads Django settings, so the providers
+themselves can be used (and tested) without a configured project. Every backend is
+imported here, at import time: a process's first answer must not wait for imports.
 """
 
 from __future__ import annotations
 
-from .base import ChatMessage, LLMError, LLMProvider
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["PROVIDER_NAMES", "ChatMessage", "LLMError", "LLMProvider", "get_provider"]
+from .base import ChatMessage, LLMError, LLMProvider, StreamItem
+from .demo import DemoProvider
+from .openai_provider import OpenAIProvider
+
+__all__ = [
+    "PROVIDER_NAMES",
+    "ChatMessage",
+    "LLMError",
+    "LLMProvider",
+    "StreamItem",
+    "get_provider",
+]
 
 PROVIDER_NAMES = ("demo", "openai")
 
 
 def get_provider() -> LLMProvider:
-    """Build the provider that ``settings.LLM_PROVIDER`` names ("demo" or "openai")."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
+    """Build the provider that ``settings.LLM_PROVIDER`` names ("demo" or "openai").
 
+    Cheap: providers hold configuration only; the HTTP client they use is shared per
+    event loop (see ``OpenAIProvider``), so building one per answer costs nothing.
+    """
     name = str(getattr(settings, "LLM_PROVIDER", "demo")).strip().lower()
     if name == "demo":
-        from .demo import DemoProvider
-
         return DemoProvider(tokens_per_second=float(settings.LLM_DEMO_TOKENS_PER_SECOND))
     if name == "openai":
-        from .openai_provider import OpenAIProvider
-
         return OpenAIProvider(
             base_url=settings.LLM_BASE_URL,
             api_key=settings.LLM_API_KEY,

@@ -1,9 +1,16 @@
 """An offline, deterministic provider for first runs, demos and tests.
 
-Its answer is written to exercise the sentence batcher downstream: ``!`` and ``?``,
+Like a reasoning model, it first thinks briefly (``demo_reasoning``, streamed as
+``Delta(..., part="reasoning")``), then answers (``demo_answer``, plain ``str`` tokens),
+then reports a ``Finish``: reason ``stop``, model ``demo`` and usage counted as a real
+server counts it (``prompt_tokens``: the words of the prompt; ``completion_tokens``: every
+token streamed, reasoning included, as OpenAI counts; ``reasoning_tokens``: those of the
+thinking).
+
+The answer is written to exercise the sentence batcher downstream: ``!`` and ``?``,
 decimals and abbreviations with inner dots, a markdown list, a fenced code block full of
 dots, a CJK sentence ending in ``。`` and an emoji. No network, no randomness: the same
-prompt always yields the same tokens.
+prompt always yields the same deltas.
 """
 
 from __future__ import annotations
@@ -12,7 +19,11 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator, Sequence
 
-from .base import ChatMessage
+from streaming import Delta, Finish
+
+from .base import ChatMessage, StreamItem
+
+MODEL = "demo"
 
 # CJK has no spaces between words: like a real model, emit it a character at a time so a
 # sentence end (。) arrives in the middle of a line, not glued to a whole paragraph.
@@ -88,6 +99,13 @@ def demo_answer(prompt: str) -> str:
     return opening + _BODY
 
 
+def demo_reasoning(prompt: str) -> str:
+    """The demo's thinking for ``prompt``: what the reasoning deltas of ``stream`` join to."""
+    echoed = _echo(prompt)
+    about = f'about "{echoed}"' if echoed else "nothing (an empty message)"
+    return f"The user asked {about}; I will answer with the demo text."
+
+
 def tokenize(text: str) -> list[str]:
     """Split into word-ish tokens keeping trailing whitespace, so they join back exactly."""
     return _TOKEN_RE.findall(text)
@@ -104,11 +122,27 @@ class DemoProvider:
         """Seconds between two tokens."""
         return 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        """Yield the answer's tokens; every token awaits, so a cancel always lands."""
+    async def warm_up(self) -> None:
+        """Nothing to get ready: no client, no network."""
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[StreamItem, None]:
+        """Yield the thinking, then the answer, then a Finish; every token awaits, so a
+        cancel always lands."""
+        prompt = _last_user_text(messages)
+        thinking = tokenize(demo_reasoning(prompt))
+        answer = tokenize(demo_answer(prompt))
         delay = self.delay
-        for index, token in enumerate(tokenize(demo_answer(_last_user_text(messages)))):
+        for index, token in enumerate(thinking + answer):
             # The first token comes at once, later ones at the configured pace: like a
             # real model, whose latency is mostly in the time to the first token.
             await asyncio.sleep(delay if index else 0)
-            yield token
+            yield Delta(token, part="reasoning") if index < len(thinking) else token
+        yield Finish(
+            finish_reason="stop",
+            model=MODEL,
+            usage={
+                "prompt_tokens": len(prompt.split()),
+                "completion_tokens": len(thinking) + len(answer),
+                "reasoning_tokens": len(thinking),
+            },
+        )

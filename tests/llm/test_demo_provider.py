@@ -1,4 +1,5 @@
-"""DemoProvider (offline, deterministic) and get_provider's choice by settings."""
+"""DemoProvider (offline, deterministic: thinking, answer, Finish) and get_provider's
+choice by settings."""
 
 from __future__ import annotations
 
@@ -9,16 +10,50 @@ from typing import TYPE_CHECKING
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from chatproject.llm import ChatMessage, LLMProvider, get_provider
-from chatproject.llm.demo import DemoProvider, demo_answer
+from chatproject.llm import ChatMessage, LLMProvider, StreamItem, get_provider
+from chatproject.llm.demo import DemoProvider, demo_answer, demo_reasoning, tokenize
 from chatproject.llm.openai_provider import OpenAIProvider
+from streaming import Delta, Finish
 
 if TYPE_CHECKING:
     from pytest_django.fixtures import Settings
 
 
+async def items(provider: DemoProvider, messages: list[ChatMessage]) -> list[StreamItem]:
+    return [item async for item in provider.stream(messages)]
+
+
 async def collect(provider: DemoProvider, prompt: str) -> list[str]:
-    return [token async for token in provider.stream([ChatMessage("user", prompt)])]
+    """The answer's tokens (plain strings)."""
+    streamed = await items(provider, [ChatMessage("user", prompt)])
+    return [item for item in streamed if isinstance(item, str)]
+
+
+async def test_it_thinks_then_answers_then_finishes() -> None:
+    prompt = "Tell me about streams"
+    streamed = await items(DemoProvider(0), [ChatMessage("user", prompt)])
+    thinking = [i for i in streamed if isinstance(i, Delta)]
+    answer = [i for i in streamed if isinstance(i, str)]
+    assert streamed == [*thinking, *answer, streamed[-1]]
+    assert 3 < len(thinking) < 30
+    assert all(t.part == "reasoning" for t in thinking)
+    assert "".join(t.text for t in thinking) == demo_reasoning(prompt)
+    assert prompt in demo_reasoning(prompt)
+    assert "".join(answer) == demo_answer(prompt)
+    assert streamed[-1] == Finish(
+        finish_reason="stop",
+        model="demo",
+        usage={
+            "prompt_tokens": 4,
+            "completion_tokens": len(thinking) + len(answer),
+            "reasoning_tokens": len(thinking),
+        },
+    )
+    assert len(answer) == len(tokenize(demo_answer(prompt)))
+
+
+async def test_warm_up_is_a_no_op() -> None:
+    await DemoProvider(0).warm_up()
 
 
 async def test_same_prompt_gives_the_same_tokens() -> None:
@@ -35,7 +70,7 @@ async def test_answer_echoes_the_last_user_message_first() -> None:
         ChatMessage("assistant", "old answer"),
         ChatMessage("user", "What is  a\nsentence batcher?"),
     ]
-    tokens = [t async for t in DemoProvider(0).stream(history)]
+    tokens = [t for t in await items(DemoProvider(0), history) if isinstance(t, str)]
     first_sentence = "".join(tokens).split("\n")[0][:80]
     assert "What is a sentence batcher?" in first_sentence
     assert "old question" not in "".join(tokens)
@@ -77,18 +112,22 @@ async def test_tokens_are_paced() -> None:
 
 async def test_aclose_after_a_few_tokens_ends_the_stream() -> None:
     stream = DemoProvider(tokens_per_second=0).stream([ChatMessage("user", "Hi")])
-    assert [await anext(stream) for _ in range(3)] == ["You ", "asked: ", '"Hi". ']
+    assert [await anext(stream) for _ in range(3)] == [
+        Delta("The ", "reasoning"),
+        Delta("user ", "reasoning"),
+        Delta("asked ", "reasoning"),
+    ]
     await stream.aclose()
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
 
 
 async def test_a_cancel_lands_even_at_full_speed() -> None:
-    received: list[str] = []
+    received: list[StreamItem] = []
 
     async def consume() -> None:
-        async for token in DemoProvider(tokens_per_second=0).stream([ChatMessage("user", "Hi")]):
-            received.append(token)
+        async for item in DemoProvider(tokens_per_second=0).stream([ChatMessage("user", "Hi")]):
+            received.append(item)
 
     task = asyncio.create_task(consume())
     for _ in range(5):

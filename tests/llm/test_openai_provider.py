@@ -1,7 +1,7 @@
-"""OpenAIProvider through the real SDK and real HTTP against the fake server (no mocks).
+"""OpenAIProvider over real loopback HTTP against the fake server (no mocks).
 
-openai 3.x talks through httpx2, which respx cannot intercept; a loopback server also
-proves what matters most here: that an abort really closes the connection.
+A real server proves what matters most here: the wire format as servers send it, and
+that an abort really closes the connection.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from chatproject.llm import ChatMessage, LLMError, LLMProvider
-from chatproject.llm.openai_provider import OpenAIProvider
-from tests.fake_llm import DEFAULT_REPLY, FakeLLMServer
+from chatproject.llm import ChatMessage, LLMError, LLMProvider, StreamItem
+from chatproject.llm.openai_provider import _SESSIONS, OpenAIProvider, _retry_delay
+from streaming import Delta, Finish
+from tests.fake_llm import DEFAULT_REASONING, DEFAULT_REPLY, FakeLLMServer
 
 SYSTEM_PROMPT = "You are a test assistant."
 
@@ -43,8 +44,23 @@ def ask(prompt: str) -> list[ChatMessage]:
     return [ChatMessage("user", prompt)]
 
 
+async def items(provider: OpenAIProvider, messages: list[ChatMessage]) -> list[StreamItem]:
+    return [item async for item in provider.stream(messages)]
+
+
 async def collect(provider: OpenAIProvider, messages: list[ChatMessage]) -> list[str]:
-    return [token async for token in provider.stream(messages)]
+    """The answer's text deltas (plain strings), after checking what else came."""
+    streamed = await items(provider, messages)
+    assert not any(isinstance(item, Finish) for item in streamed[:-1]), "Finish is last"
+    return [item for item in streamed if isinstance(item, str)]
+
+
+def finish_of(streamed: list[StreamItem]) -> Finish | None:
+    return streamed[-1] if streamed and isinstance(streamed[-1], Finish) else None
+
+
+def reasoning_of(streamed: list[StreamItem]) -> str:
+    return "".join(i.text for i in streamed if isinstance(i, Delta) and i.part == "reasoning")
 
 
 async def collect_until_error(
@@ -52,8 +68,9 @@ async def collect_until_error(
 ) -> tuple[list[str], LLMError]:
     tokens: list[str] = []
     with pytest.raises(LLMError) as info:
-        async for token in provider.stream(messages):
-            tokens.append(token)
+        async for item in provider.stream(messages):
+            assert isinstance(item, str)
+            tokens.append(item)
     return tokens, info.value
 
 
@@ -92,6 +109,7 @@ async def test_request_carries_model_stream_system_prompt_and_history(
     (body,) = fake_llm.requests
     assert body["model"] == "fake-model-1"
     assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "First question"},
@@ -114,7 +132,7 @@ async def test_http429_is_a_rate_limit_error_and_not_retried(fake_llm: FakeLLMSe
     assert fake_llm.request_count == 1
 
 
-async def test_max_retries_is_passed_to_the_sdk(fake_llm: FakeLLMServer) -> None:
+async def test_max_retries_retries_a_server_error(fake_llm: FakeLLMServer) -> None:
     fake_llm.scenario = "http500"
     await collect_until_error(make_provider(fake_llm, max_retries=1), ask("Hi"))
     assert fake_llm.request_count == 2
@@ -134,7 +152,7 @@ async def test_cut_mid_answer_yields_the_partial_tokens_then_fails(
     tokens, error = await collect_until_error(make_provider(fake_llm), ask("[scenario=cut]"))
     assert tokens == ["Hello ", "from ", "the "]
     assert "lost mid-answer" in str(error)
-    assert isinstance(error.__cause__, Exception)  # the SDK error, kept for logs
+    assert isinstance(error.__cause__, Exception)  # the HTTP error, kept for logs
 
 
 async def test_cut_before_any_token_is_not_a_connect_error(fake_llm: FakeLLMServer) -> None:
@@ -228,7 +246,182 @@ async def test_cancelling_while_waiting_for_headers_closes_the_connection(
     assert await fake_llm.wait_for_async(lambda: fake_llm.disconnects == 1, timeout=3)
 
 
-async def test_empty_answer_yields_nothing_and_ends_cleanly(fake_llm: FakeLLMServer) -> None:
-    assert await collect(make_provider(fake_llm), ask("[scenario=empty]")) == []
+async def test_empty_answer_yields_only_a_finish_and_ends_cleanly(
+    fake_llm: FakeLLMServer,
+) -> None:
+    streamed = await items(make_provider(fake_llm), ask("[scenario=empty]"))
+    assert streamed == [
+        Finish(
+            finish_reason="stop",
+            model="fake-model-1",
+            usage={"prompt_tokens": 6, "completion_tokens": 0, "reasoning_tokens": 0},
+        )
+    ]
     assert fake_llm.wait_for(lambda: fake_llm.completed == 1)
     assert fake_llm.disconnects == 0
+
+
+# --- reasoning, finish reason, model, usage ------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_is_read_from_either_field_and_comes_before_the_answer(
+    fake_llm: FakeLLMServer, field: str
+) -> None:
+    streamed = await items(make_provider(fake_llm), ask(f"[scenario={field}]"))
+    thoughts = [i for i in streamed if isinstance(i, Delta)]
+    assert len(thoughts) > 3
+    assert all(t.part == "reasoning" for t in thoughts)
+    assert reasoning_of(streamed) == DEFAULT_REASONING
+    assert "".join(i for i in streamed if isinstance(i, str)) == DEFAULT_REPLY
+    first_text = next(n for n, i in enumerate(streamed) if isinstance(i, str))
+    assert all(isinstance(i, Delta) for i in streamed[:first_text])
+
+
+async def test_finish_carries_the_reason_model_and_usage_with_reasoning_tokens(
+    fake_llm: FakeLLMServer,
+) -> None:
+    fake_llm.reasoning_reply = "one two three"
+    fake_llm.reply = "four five"
+    streamed = await items(make_provider(fake_llm), ask("[scenario=reasoning_content] now"))
+    # The system prompt (5 words) and the prompt (2): what the fake server counts.
+    assert finish_of(streamed) == Finish(
+        finish_reason="stop",
+        model="fake-model-1",
+        usage={"prompt_tokens": 7, "completion_tokens": 5, "reasoning_tokens": 3},
+    )
+
+
+async def test_a_length_finish_is_passed_on(fake_llm: FakeLLMServer) -> None:
+    streamed = await items(make_provider(fake_llm), ask("[scenario=length]"))
+    finish = finish_of(streamed)
+    assert finish is not None and finish.finish_reason == "length"
+    assert "".join(i for i in streamed if isinstance(i, str)) == DEFAULT_REPLY
+
+
+async def test_a_server_that_reports_nothing_gives_no_finish(fake_llm: FakeLLMServer) -> None:
+    streamed = await items(make_provider(fake_llm), ask("[scenario=bare]"))
+    assert streamed and all(isinstance(i, str) for i in streamed)
+    assert "".join(streamed) == DEFAULT_REPLY  # type: ignore[arg-type]
+
+
+async def test_every_sse_framing_a_server_may_send_is_read(fake_llm: FakeLLMServer) -> None:
+    streamed = await items(make_provider(fake_llm), ask("[scenario=odd_framing]"))
+    assert "".join(i for i in streamed if isinstance(i, str)) == DEFAULT_REPLY
+    finish = finish_of(streamed)
+    assert finish is not None and finish.finish_reason == "stop"  # no [DONE]: still fine
+
+
+async def test_text_json_allows_but_orjson_refuses_still_arrives(fake_llm: FakeLLMServer) -> None:
+    fake_llm.reply = "odd \ud800 text"
+    assert "".join(await collect(make_provider(fake_llm), ask("Hi"))) == "odd \ud800 text"
+
+
+# --- a server that refuses stream_options --------------------------------------------
+
+
+async def test_a_server_refusing_stream_options_is_asked_again_without_and_remembered(
+    fake_llm: FakeLLMServer,
+) -> None:
+    fake_llm.scenario = "rejects_stream_options"
+    provider = make_provider(fake_llm)
+    streamed = await items(provider, ask("Hi"))
+    assert "".join(i for i in streamed if isinstance(i, str)) == DEFAULT_REPLY
+    assert finish_of(streamed) == Finish(finish_reason="stop", model="fake-model-1", usage=None)
+    assert ["stream_options" in body for body in fake_llm.requests] == [True, False]
+
+    assert "".join(await collect(make_provider(fake_llm), ask("Again"))) == DEFAULT_REPLY
+    assert ["stream_options" in body for body in fake_llm.requests] == [True, False, False]
+
+
+async def test_another_server_still_gets_stream_options(fake_llm: FakeLLMServer) -> None:
+    fake_llm.scenario = "rejects_stream_options"
+    await collect(make_provider(fake_llm), ask("Hi"))
+    with FakeLLMServer() as other:
+        await collect(make_provider(other), ask("Hi"))
+        assert "stream_options" in other.requests[0]
+
+
+async def test_a_400_for_another_reason_is_reported_and_not_remembered(
+    fake_llm: FakeLLMServer,
+) -> None:
+    _, error = await collect_until_error(make_provider(fake_llm), ask("[scenario=no_such]"))
+    assert str(error) == "The language model returned HTTP 400."
+    assert ["stream_options" in body for body in fake_llm.requests] == [True, False]
+    await collect(make_provider(fake_llm), ask("Hi"))
+    assert "stream_options" in fake_llm.requests[-1]
+
+
+# --- errors inside the stream --------------------------------------------------------
+
+
+async def test_an_error_event_mid_answer_becomes_a_readable_error(fake_llm: FakeLLMServer) -> None:
+    fake_llm.error_after = 2
+    tokens, error = await collect_until_error(
+        make_provider(fake_llm), ask("[scenario=stream_error]")
+    )
+    assert tokens == ["Hello ", "from "]
+    assert str(error) == "The language model reported an error mid-answer."
+
+
+async def test_an_error_event_before_any_text_says_so(fake_llm: FakeLLMServer) -> None:
+    fake_llm.error_after = 0
+    tokens, error = await collect_until_error(
+        make_provider(fake_llm), ask("[scenario=stream_error]")
+    )
+    assert tokens == []
+    assert str(error) == "The language model reported an error before answering."
+
+
+async def test_data_that_is_not_json_becomes_a_readable_error(fake_llm: FakeLLMServer) -> None:
+    _, error = await collect_until_error(make_provider(fake_llm), ask("[scenario=not_json]"))
+    assert str(error) == "The language model sent an unreadable reply before answering."
+
+
+# --- warm-up -------------------------------------------------------------------------
+
+
+async def test_warm_up_creates_the_loops_client_and_opens_a_connection(
+    fake_llm: FakeLLMServer,
+) -> None:
+    provider = make_provider(fake_llm)
+    await provider.warm_up()
+    session = _SESSIONS[asyncio.get_running_loop()]
+    assert fake_llm.model_lists == 1
+    await collect(provider, ask("Hi"))
+    await collect(make_provider(fake_llm), ask("[scenario=odd_framing]"))  # ends without [DONE]
+    await collect(make_provider(fake_llm), ask("Hi"))
+    assert _SESSIONS[asyncio.get_running_loop()] is session  # shared, not one per answer
+    # The answers went over the connection the warm-up opened, kept alive between them.
+    assert len(fake_llm.peers) == 4
+    assert len(set(fake_llm.peers)) == 1
+
+
+async def test_warm_up_never_raises_when_the_server_is_down(closed_port: int) -> None:
+    await make_provider(base_url=f"http://127.0.0.1:{closed_port}/v1").warm_up()
+    assert asyncio.get_running_loop() in _SESSIONS
+
+
+async def test_a_rate_limit_is_retried_when_retries_are_allowed(fake_llm: FakeLLMServer) -> None:
+    fake_llm.scenario = "http429"
+    _, error = await collect_until_error(make_provider(fake_llm, max_retries=2), ask("Hi"))
+    assert fake_llm.request_count == 3
+    assert "429" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("retry", "retry_after", "low", "high"),
+    [
+        (1, None, 0.375, 0.5),
+        (2, None, 0.75, 1.0),
+        (6, None, 6.0, 8.0),  # capped
+        (1, "3", 3.0, 3.0),  # the server's word
+        (1, "600", 0.375, 0.5),  # beyond a minute: backoff instead
+        (1, "Wed, 21 Oct 2015 07:28:00 GMT", 0.375, 0.5),  # a date: backoff
+    ],
+)
+def test_retry_delay_follows_retry_after_else_backs_off(
+    retry: int, retry_after: str | None, low: float, high: float
+) -> None:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    assert low <= _retry_delay(retry, headers) <= high
