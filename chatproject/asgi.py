@@ -8,16 +8,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chatproject.chat.routing import websocket_urlpatterns  # noqa: E402
 from chatproject.socket_auth import SocketAuthMiddlewareStack  # noqa: E402
+from streaming.security import OriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            SocketAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # The Origin check inside the session stack, so a refusal's log names the user.
+        "websocket": SocketAuthMiddlewareStack(OriginValidator(URLRouter(websocket_urlpatterns))),
     }
 )

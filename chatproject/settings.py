@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chatproject.middleware.ServiceUnavailableMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -79,6 +82,21 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Every page (the admin's too) runs only the site's own script files and styles: no
+# inline script or style attribute, nothing from another origin. 'self' covers the
+# page's own websocket (ws: or wss: on the same host and port).
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
 
 ROOT_URLCONF = "chatproject.urls"
 
@@ -108,8 +126,21 @@ DATABASES = {
         default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = env_bool("DATABASE_POOL", True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DATABASE_POOL", True
+):
+    from psycopg_pool import ConnectionPool
+
+    # Each connection is checked as it leaves the pool: after a PostgreSQL restart the
+    # pool would otherwise hand out its dead connections one by one, each a failed
+    # request.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "check": ConnectionPool.check_connection,
+        # A page or API request holds one connection at a time, the driver's writer and
+        # the worker threads one each: psycopg_pool's default of 4 is too few at once.
+        "min_size": 2,
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
+    }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the single writer; the timeout waits out short locks
     # instead of failing with "database is locked".
@@ -151,7 +182,23 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": env_int("CHANNEL_LAYER_CAPACITY", 10000)},
+        }
+    }
+
+# --- Cache: the streaming component counts client frames per user here, so the flood
+# limit holds across sockets and processes (Redis when several share it).
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "chatproject",
+        }
+    }
 
 # --- Scheduled jobs (django-q2) -----------------------------------------------------------
 Q_CLUSTER = {
@@ -164,6 +211,8 @@ Q_CLUSTER = {
     "save_limit": 100,
     "poll": 1,
     "label": "Scheduled jobs",
+    # Used by django-q2 only when logging has no handler for it (LOGGING below has one).
+    "log_level": os.environ.get("Q_LOG_LEVEL", "WARNING").upper(),
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
@@ -191,35 +240,50 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     # Keep daphne's and Django's own loggers: without this their tracebacks vanish.
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "filters": {"require_debug_false": {"()": "django.utils.log.RequireDebugFalse"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "level": LOG_LEVEL},
+        "mail_admins": {
+            "class": "django.utils.log.AdminEmailHandler",
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django's default config gives "django" a console handler of its own, and its
+        # records propagate to the root's too: every django.request and autoreload line
+        # printed twice. Here they reach the one root handler (mail_admins is Django's
+        # default, kept).
+        "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        "django.channels.server": {"level": "WARNING"},
+        # django-q2 logs every scheduled run at INFO ("Enqueued", "Processed"): with the
+        # reaper each minute that fills the log. Q_LOG_LEVEL=INFO brings them back.
+        "django-q": {"level": os.environ.get("Q_LOG_LEVEL", "WARNING").upper()},
+    },
 }
 
-# --- The streaming component's policy (see streaming/conf.py for each knob) -------------
-STREAMING_FLUSH_MAX_CHARS = env_int("STREAMING_FLUSH_MAX_CHARS", 2048)
-STREAMING_FLUSH_MAX_DELAY = env_float("STREAMING_FLUSH_MAX_DELAY", 1.0)
-STREAMING_FLUSH_MIN_INTERVAL = env_float("STREAMING_FLUSH_MIN_INTERVAL", 0.1)
-STREAMING_LEASE_SECONDS = env_float("STREAMING_LEASE_SECONDS", 15.0)
-STREAMING_MAX_ACTIVE_PER_OWNER = env_int("STREAMING_MAX_ACTIVE_PER_OWNER", 3)
-STREAMING_RESUME_SNAPSHOT_AFTER = env_int("STREAMING_RESUME_SNAPSHOT_AFTER", 64)
-STREAMING_CHUNK_RETENTION = env_float("STREAMING_CHUNK_RETENTION", 3600.0)
-STREAMING_STREAM_RETENTION = env_float("STREAMING_STREAM_RETENTION", 30 * 86400.0)
-STREAMING_PURGE_BATCH_SIZE = env_int("STREAMING_PURGE_BATCH_SIZE", 5000)
-STREAMING_REAPER_MINUTES = env_int("STREAMING_REAPER_MINUTES", 1)
-STREAMING_PURGE_MINUTES = env_int("STREAMING_PURGE_MINUTES", 60)
-STREAMING_CANCEL_ON_DRIVER_DISCONNECT = env_bool("STREAMING_CANCEL_ON_DRIVER_DISCONNECT", False)
-STREAMING_DB_RETRY_SECONDS = env_float("STREAMING_DB_RETRY_SECONDS", 10.0)
-STREAMING_ADAPTER = "chatproject.chat.adapter.ChatStreamAdapter"
+# --- The streaming component's policy ---------------------------------------------------
+# Its defaults live in streaming/conf.py (docs/component.md lists them); any
+# STREAMING_<NAME> environment variable overrides one, parsed there to its type.
+globals().update({k: v for k, v in os.environ.items() if k.startswith("STREAMING_")})
+STREAMING_ADAPTER = os.environ.get(
+    "STREAMING_ADAPTER", "chatproject.chat.adapter.ChatStreamAdapter"
+)
 
 # --- The chat product --------------------------------------------------------------------
+CSRF_FAILURE_VIEW = "chatproject.chat.views.csrf_failure"
 CHAT_PROMPT_MAX_CHARS = env_int("CHAT_PROMPT_MAX_CHARS", 32000)
 CHAT_FRAME_MAX_BYTES = env_int("CHAT_FRAME_MAX_BYTES", 256 * 1024)
+# AI SDK clients send the whole conversation with every turn (docs/ai-sdk.md): their
+# bodies and frames may be larger, up to daphne's own cap on a websocket message (1 MiB).
+CHAT_UI_BODY_MAX_BYTES = env_int("CHAT_UI_BODY_MAX_BYTES", 1024 * 1024)
 
 # --- LLM provider --------------------------------------------------------------------------
 LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "demo")

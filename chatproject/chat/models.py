@@ -38,6 +38,20 @@ class Message(models.Model):
     )
     role = models.CharField(max_length=16, choices=Role.choices)
     text = models.TextField(blank=True)
+    # The model's thinking, shown to people, never sent back to the LLM as context.
+    reasoning = models.TextField(blank=True)
+    # A user message's id chosen by its client: a prompt sent again with it is the same
+    # prompt (unique in its conversation).
+    client_id = models.CharField(max_length=64, blank=True)
+    # An answer's question.
+    prompt = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="answer"
+    )
+    # An answer given again (the AI SDK's regenerate): the answer that replaced this one.
+    # A replaced answer stays in the transcript, marked, and is never LLM context.
+    replaced_by = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
+    )
     stream = models.OneToOneField(
         "streaming.Stream",
         null=True,
@@ -49,6 +63,13 @@ class Message(models.Model):
     status = models.CharField(max_length=16, default="done")
     last_seq = models.IntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=16, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    #: Seconds from the claim to the final status.
+    duration = models.FloatField(null=True, blank=True)
     # An answer's text as sanitised HTML, rendered once when it ends: pages show it as
     # is while ``html_version`` is chat.markdown.MARKDOWN_VERSION (0: never rendered).
     html = models.TextField(blank=True, editable=False)
@@ -57,6 +78,22 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["conversation", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=~models.Q(client_id=""),
+                name="message_unique_client_id",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.text[:40]}"
+
+    @property
+    def usage(self) -> dict[str, int | None] | None:
+        counts = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+        return counts if any(v is not None for v in counts.values()) else None

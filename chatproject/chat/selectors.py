@@ -6,9 +6,9 @@ from typing import Any
 
 from django.http import Http404
 
-import streaming
 from chatproject.chat.markdown import MARKDOWN_VERSION
 from chatproject.chat.models import Conversation, Message
+from streaming.selectors import active_stream_bodies
 
 ACTIVE = ("pending", "streaming")
 
@@ -26,15 +26,36 @@ def conversations_for(*, user: Any) -> list[Conversation]:
 
 
 def message_payload(message: Message) -> dict[str, Any]:
+    """A message as the messages API and the pages see it."""
     return {
         "id": message.pk,
         "role": message.role,
         "text": message.text,
+        "reasoning": message.reasoning,
         "stream_id": str(message.stream_id) if message.stream_id else None,
         "status": message.status,
         "last_seq": message.last_seq,
+        "client_id": message.client_id or None,
+        "finish_reason": message.finish_reason or None,
+        "model": message.model or None,
+        "usage": message.usage,
+        "duration": message.duration,
+        "created_at": message.created_at,
         "error": message.error,
+        "replaced_by": message.replaced_by_id,
     }
+
+
+def latest_answer(*, conversation: Conversation) -> Message | None:
+    """The conversation's latest answer that was not replaced (the one an AI SDK client
+    shows last), whatever its status; None when it has none."""
+    return (
+        Message.objects.filter(
+            conversation=conversation, role=Message.Role.ASSISTANT, replaced_by=None
+        )
+        .order_by("-id")
+        .first()
+    )
 
 
 def conversation_messages(
@@ -47,7 +68,7 @@ def conversation_messages(
     rows = Message.objects.filter(conversation=conversation).order_by("id")
     messages = list(rows if with_html else rows.defer("html"))
     active_ids = [m.stream_id for m in messages if m.stream_id and m.status in ACTIVE]
-    bodies = streaming.active_stream_bodies(active_ids) if active_ids else {}
+    bodies = active_stream_bodies(active_ids) if active_ids else {}
     payloads = []
     for message in messages:
         payload = message_payload(message)
@@ -57,7 +78,11 @@ def conversation_messages(
         body = bodies.get(message.stream_id)
         if body is not None:
             payload.update(
-                text=body.text, status=body.status, last_seq=body.last_seq, error=body.error or ""
+                text=body.text,
+                reasoning=body.reasoning,
+                status=body.status,
+                last_seq=body.last_seq,
+                error=body.error or "",
             )
         payloads.append(payload)
     return payloads

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chatproject.chat import views
+from chatproject.chat import ui_chat, views
 
 app_name = "chat"
 urlpatterns = [
@@ -12,4 +12,7 @@ urlpatterns = [
         views.messages_api,
         name="messages-api",
     ),
+    # The AI SDK's paths: its DefaultChatTransport appends /<chat id>/stream, no slash.
+    path("api/ui-chat", ui_chat.ui_chat, name="ui-chat"),
+    path("api/ui-chat/<str:conversation_id>/stream", ui_chat.ui_chat_stream, name="ui-chat-stream"),
 ]

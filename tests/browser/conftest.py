@@ -21,7 +21,7 @@ import pytest
 from django.conf import global_settings
 from django.utils.module_loading import import_string
 
-from tests.conftest import close_all_connections, require
+from tests.fixtures import close_all_connections, require
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -50,6 +50,17 @@ against its SHA-256.
 ]
 
 
+# Polled every animation frame: true once the reader's wheel scroll has ended (the same
+# scrollTop for 5 frames in a row) away from the bottom.
+SCROLLED_UP_AND_SETTLED = """() => {
+    const s = document.querySelector('#scroller');
+    const seen = (window.scrollSettle ??= { top: -1, frames: 0 });
+    seen.frames = s.scrollTop === seen.top ? seen.frames + 1 : 0;
+    seen.top = s.scrollTop;
+    return seen.frames >= 5 && s.scrollHeight - s.scrollTop - s.clientHeight > 70;
+}"""
+
+
 def distance_from_bottom(page: Any) -> float:
     return page.evaluate(
         "() => { const s = document.querySelector('#scroller');"
@@ -72,7 +83,7 @@ def test_phone_sized_page_follows_the_answer_until_the_reader_scrolls_up(chat_ap
     box = page.locator("#scroller").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.wheel(0, -150)
-    page.wait_for_timeout(300)
+    page.wait_for_function(SCROLLED_UP_AND_SETTLED)
     held = page.evaluate("() => document.querySelector('#scroller').scrollTop")
     assert held > 0 and distance_from_bottom(page) > 70
     wait_for_text(page, message_id, "Paragraph 34 ")
@@ -94,16 +105,23 @@ def test_phone_sized_page_follows_the_answer_until_the_reader_scrolls_up(chat_ap
 
 
 def test_transcript_screenshot(chat_app, fake_llm):
-    """A finished answer and one still streaming (the fake model pauses mid-answer)."""
+    """A finished answer (its Thinking collapsed, its quiet line under it) and one still
+    streaming (the fake model pauses mid-answer)."""
     context = chat_app.new_context(viewport={"width": 880, "height": 760}, device_scale_factor=2)
     page = chat_app.new_page(context)
     chat_app.start_conversation(page)
 
     (first_prompt, first_reply), (second_prompt, second_reply) = SHOWCASE
     fake_llm.reply, fake_llm.token_delay = first_reply, 0.005
+    fake_llm.scenario = "reasoning_content"
+    fake_llm.reasoning_reply = "They ask how a reload resumes. Explain the chunks, then seq."
     send_prompt(page, first_prompt)
     done_id = last_answer_id(page)
     assert wait_status(page, done_id) == "done"
+    page.wait_for_function(  # the quiet line, time included
+        "(id) => document.querySelector(`#message-${id} .message-meta`).textContent.endsWith(' s')",
+        arg=done_id,
+    )
     fake_llm.reply, fake_llm.scenario, fake_llm.hang_after = second_reply, "hang", 24
     send_prompt(page, second_prompt)
     streaming_id = last_answer_id(page, after=done_id)

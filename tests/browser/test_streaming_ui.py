@@ -189,11 +189,16 @@ def test_without_websocket_the_page_follows_the_answer_over_http(chat_app, fake_
     # A second tab whose websocket never gets through (a proxy that refuses upgrades).
     offline = chat_app.new_page(context)
     offline.route_web_socket(re.compile(r"/ws/"), lambda ws: ws.close())
+    event_streams: list[str] = []
+    offline.on("request", lambda r: "/events/" in r.url and event_streams.append(r.url))
     offline.goto(url)
-    offline.wait_for_selector("#connection[data-state=polling]", timeout=15_000)
+    offline.wait_for_selector("#connection[data-state=http]", timeout=15_000)
+    assert offline.locator("#connection .connection-label").inner_text() == "Live over HTTP"
     assert wait_status(offline, message_id) == "done"
 
     db_text = Message.objects.get(pk=message_id).text
     assert db_text == fake_llm.reply
     assert shown_text(offline, message_id) == db_text
-    assert offline.locator("#send").is_disabled()
+    assert event_streams  # Server-Sent Events, not polling
+    offline.fill("#prompt", "A question over HTTP")
+    assert offline.locator("#send").is_enabled()  # prompts go as POSTs meanwhile

@@ -1,21 +1,22 @@
-"""The chat websocket, frame by frame, with Channels' in-process communicator."""
+"""The chat websocket, frame by frame, with Channels' in-process communicator: the
+prompt frame, message frames and the driving flag, history and limits, one LLM call per
+prompt, and how the sockets of one conversation share its answers. What the streaming
+component's mixin does alone (resume and cancel frames, repairs, frame encoding) is
+tested in tests/component/test_consumer_mixin.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.sessions import InstanceSessionWrapper
-from django.utils import timezone
 
+from chatproject.chat.consumers import MESSAGE_EVENT
 from chatproject.chat.models import Message
-from streaming import services
 from streaming.core.lifecycle import text_digest
-from streaming.frames import chunk_frame, group_event
 from streaming.models import Chunk, Stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +28,7 @@ async def prompted(socket, text: str = "Hi") -> str:
 
 
 async def started(socket) -> str:
-    """Send a prompt and return the new stream's id (from the driver's message frame)."""
+    """The id of the stream of the next assistant message frame the socket gets."""
     frame = await socket.until(
         lambda f: f["type"] == "message" and f["message"]["role"] == "assistant"
     )
@@ -96,8 +97,13 @@ async def test_the_driver_gets_its_message_frames_before_any_token(
         "assistant",
         True,
     )
-    assert third["type"] != "token" or second["message"]["stream_id"] == third["stream_id"]
-    await socket.until_final()
+    stream_id = second["message"]["stream_id"]
+    # Then the answer's own frames: its tokens (sent to the driver directly) or its
+    # "streaming" status (through the group), whichever comes first; nothing else.
+    assert (third["type"], third["stream_id"]) in {("token", stream_id), ("status", stream_id)}
+    await socket.until_final(stream_id)
+    tokens = [f for f in socket.frames if f["type"] == "token"]
+    assert tokens and {f["stream_id"] for f in tokens} == {stream_id}
 
 
 async def test_driver_tokens_chunks_api_and_message_are_one_string(
@@ -109,15 +115,18 @@ async def test_driver_tokens_chunks_api_and_message_are_one_string(
     stream_id = await started(socket)
     final = await socket.until_final(stream_id)
     tokens, chunks = socket.joined("token", stream_id), socket.joined("chunk", stream_id)
+    thinking = socket.joined("token", stream_id, part="reasoning")
     assert tokens and tokens == chunks
+    assert thinking and thinking == socket.joined("chunk", stream_id, part="reasoning")
     assert socket.seqs(stream_id) == list(range(len(socket.seqs(stream_id))))
     assert (final["length"], final["sha256"]) == text_digest(tokens)
+    assert (final["reasoning_length"], final["reasoning_sha256"]) == text_digest(thinking)
     assert final["last_seq"] == socket.seqs(stream_id)[-1]
     await sync_to_async(client.force_login)(user)
-    api = await sync_to_async(client.get)(f"/api/streams/{stream_id}/")
-    assert api.json()["text"] == tokens
+    api = (await sync_to_async(client.get)(f"/api/streams/{stream_id}/")).json()
+    assert (api["text"], api["reasoning"]) == (tokens, thinking)
     message = await Message.objects.aget(stream_id=stream_id)
-    assert (message.text, message.status) == (tokens, "done")
+    assert (message.text, message.reasoning, message.status) == (tokens, thinking, "done")
 
 
 async def test_viewers_get_chunks_but_no_tokens_and_one_llm_call_is_made(
@@ -233,12 +242,22 @@ async def test_cancelling_a_final_stream_is_silent(make_user, make_conversation,
     await socket.send({"type": "prompt", "text": "Hi"})
     stream_id = await started(socket)
     await socket.until_final(stream_id)
+    before = len(socket.frames)
     await socket.send({"type": "cancel", "stream_id": stream_id})
-    await socket.expect_quiet()
+    await socket.settled()  # the cancel was handled: it answered nothing
+    assert [f["type"] for f in socket.frames[before:]] == ["error"]  # the barrier's own
     assert (await Stream.objects.aget(id=stream_id)).status == "done"
 
 
 # --- resume ----------------------------------------------------------------------------------
+
+
+def chunks_of(socket, stream_id: str) -> list[tuple[int, str, str]]:
+    return [
+        (f["seq"], f["part"], f["text"])
+        for f in socket.frames
+        if f["type"] == "chunk" and f["stream_id"] == stream_id
+    ]
 
 
 async def finished_stream(user, conversation, socket) -> str:
@@ -255,14 +274,12 @@ async def test_resume_of_a_final_stream_sends_the_rest_then_the_status(
     conversation = await make_conversation(user)
     _, socket = await connect(conversation.pk, user=user)
     stream_id = await finished_stream(user, conversation, socket)
-    whole = socket.joined("chunk", stream_id)
     _, late = await connect(conversation.pk, user=user)
     await late.send({"type": "resume", "stream_id": stream_id, "after": 0})
     final = await late.until_final(stream_id)
-    seqs = late.seqs(stream_id)
-    assert seqs == list(range(1, final["last_seq"] + 1))
-    first_chunk = socket.frames[[f.get("seq") for f in socket.frames].index(0)]["text"]
-    assert first_chunk + late.joined("chunk", stream_id) == whole
+    assert late.seqs(stream_id) == list(range(1, final["last_seq"] + 1))
+    # Exactly the chunks the driving socket had after seq 0, each of its part.
+    assert chunks_of(late, stream_id) == chunks_of(socket, stream_id)[1:]
 
 
 async def test_resume_from_the_start_of_a_final_stream_is_one_snapshot(
@@ -276,6 +293,7 @@ async def test_resume_from_the_start_of_a_final_stream_is_one_snapshot(
     snapshot = await socket.next()
     assert snapshot["type"] == "snapshot"
     assert snapshot["text"] == socket.joined("chunk", stream_id)
+    assert snapshot["reasoning"] == socket.joined("chunk", stream_id, part="reasoning")
     assert (await socket.next())["type"] == "status"
 
 
@@ -332,70 +350,7 @@ async def test_a_resume_while_streaming_misses_nothing_and_repeats_nothing(
     assert first + late.joined("chunk", stream_id) == use_fake_llm.reply
 
 
-async def test_a_resume_of_an_expired_stream_settles_it_as_timeout_for_everyone(
-    make_user, make_conversation, connect
-):
-    user = await make_user()
-    conversation = await make_conversation(user)
-    stream = await sync_to_async(services.stream_create)(group=conversation.group_name, owner=user)
-    await Stream.objects.filter(id=stream.id).aupdate(
-        lease_expires_at=timezone.now() - timedelta(seconds=1)
-    )
-    _, watcher = await connect(conversation.pk, user=user)
-    _, resumer = await connect(conversation.pk, user=user)
-    await resumer.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
-    assert (await resumer.until_final(str(stream.id)))["status"] == "timeout"
-    assert (await watcher.until_final(str(stream.id)))["status"] == "timeout"
-
-
-async def socket_following_a_live_stream(make_user, make_conversation, connect, group: str):
-    """A socket that has resumed a claimed, empty stream whose frames go to ``group``."""
-    user = await make_user()
-    conversation = await make_conversation(user)
-    stream = await sync_to_async(services.stream_create)(group=group, owner=user)
-    await sync_to_async(services.stream_claim)(stream_id=stream.id, driver_channel="x")
-    _, socket = await connect(conversation.pk, user=user)
-    await socket.send({"type": "resume", "stream_id": str(stream.id), "after": -1})
-    await socket.send({"type": "ping"})  # frames are handled in order: once its error
-    await socket.until(lambda f: f["type"] == "error")  # is back, the resume is done
-    return stream, socket
-
-
-async def test_a_chunk_lost_by_the_layer_is_repaired_from_the_database(
-    make_user, make_conversation, connect
-):
-    stream, socket = await socket_following_a_live_stream(
-        make_user, make_conversation, connect, "elsewhere"
-    )
-    await sync_to_async(services.chunk_append)(
-        stream_id=stream.id, group="nobody", first_seq=0, texts=["A. ", "B. ", "C."]
-    )
-    # Only the last chunk's broadcast arrives: seq 0 and 1 were "dropped".
-    await get_channel_layer().group_send(
-        "elsewhere", group_event([chunk_frame(str(stream.id), 2, "C.")])
-    )
-    frames = [await socket.next() for _ in range(3)]
-    assert [(f["seq"], f["text"]) for f in frames] == [(0, "A. "), (1, "B. "), (2, "C.")]
-
-
-async def test_the_chunks_of_one_write_reach_the_socket_as_frames_in_seq_order(
-    make_user, make_conversation, connect
-):
-    stream, socket = await socket_following_a_live_stream(
-        make_user, make_conversation, connect, "one.write"
-    )
-    await sync_to_async(services.chunk_append)(
-        stream_id=stream.id, group="one.write", first_seq=0, texts=["A. ", "B. ", "C."]
-    )
-    frames = [await socket.next() for _ in range(3)]
-    assert [(f["type"], f["seq"], f["text"]) for f in frames] == [
-        ("chunk", 0, "A. "),
-        ("chunk", 1, "B. "),
-        ("chunk", 2, "C."),
-    ]
-
-
-async def test_group_events_skip_channels_database_thread_hop(
+async def test_chat_message_events_skip_channels_database_thread_hop(
     make_user, make_conversation, connect, monkeypatch
 ):
     hops: list[str] = []
@@ -406,24 +361,18 @@ async def test_group_events_skip_channels_database_thread_hop(
     monkeypatch.setattr("channels.consumer.aclose_old_connections", counted_hop)
     _, conversation, socket = await user_conversation_socket(make_user, make_conversation, connect)
     hops.clear()
-    layer = get_channel_layer()
-    frame = {"type": "status", "stream_id": "s", "status": "done", "last_seq": -1}
-    await layer.group_send(conversation.group_name, group_event([frame]))
-    await layer.group_send(
-        conversation.group_name,
-        {"type": "chat.message", "frames": [{"type": "message", "message": {"stream_id": None}}],
-         "sender": "other"},
-    )  # fmt: skip
-    assert [(await socket.next())["type"] for _ in range(2)] == ["status", "message"]
+    frame = {"type": "message", "message": {"stream_id": None}, "driving": False}
+    await get_channel_layer().group_send(
+        conversation.group_name, {"type": MESSAGE_EVENT, "frames": [frame], "sender": "other"}
+    )
+    assert (await socket.next())["type"] == "message"
     assert hops == []
-    await socket.send({"type": "ping"})
-    await socket.until(lambda f: f["type"] == "error")
-    assert hops == ["hop"]  # client frames keep Channels' connection hygiene
 
 
 # --- bad input ---------------------------------------------------------------------------------
 
 
+LONG_CLIENT_ID = "x" * 65
 BAD_FRAMES = [
     ("not json", "invalid_json"),
     ("[" * 5000, "invalid_json"),
@@ -437,18 +386,13 @@ BAD_FRAMES = [
     ('{"type": "prompt", "text": 12}', "invalid_frame"),
     ('{"type": "prompt", "text": ""}', "prompt_empty"),
     ('{"type": "prompt", "text": "   "}', "prompt_empty"),
-    ('{"type": "resume", "stream_id": "nope", "after": -1}', "unknown_stream"),
-    (
-        '{"type": "resume", "stream_id": "00000000-0000-0000-0000-000000000000", "after": -1}',
-        "unknown_stream",
-    ),
-    (
-        '{"type": "resume", "stream_id": "00000000-0000-0000-0000-000000000000", "after": "x"}',
-        "invalid_frame",
-    ),
-    ('{"type": "resume", "stream_id": 5, "after": -1}', "invalid_frame"),
-    ('{"type": "cancel"}', "invalid_frame"),
-    ('{"type": "cancel", "stream_id": "00000000-0000-0000-0000-000000000000"}', "unknown_stream"),
+    ('{"type": "prompt", "text": "hi", "client_id": ""}', "invalid_frame"),
+    ('{"type": "prompt", "text": "hi", "client_id": "has space"}', "invalid_frame"),
+    ('{"type": "prompt", "text": "hi", "client_id": "a/b"}', "invalid_frame"),
+    ('{"type": "prompt", "text": "hi", "client_id": "\u00e9t\u00e9"}', "invalid_frame"),
+    (f'{{"type": "prompt", "text": "hi", "client_id": "{LONG_CLIENT_ID}"}}', "invalid_frame"),
+    ('{"type": "prompt", "text": "hi", "client_id": 12}', "invalid_frame"),
+    ('{"type": "prompt", "text": "hi", "client_id": ["a"]}', "invalid_frame"),
 ]
 
 
@@ -532,27 +476,110 @@ async def test_a_flood_of_frames_closes_the_socket_with_4008(make_user, make_con
     assert output == {"type": "websocket.close", "code": 4008}
 
 
-async def test_a_text_too_long_for_one_snapshot_resumes_as_chunks(
-    make_user, make_conversation, connect, settings
+# --- idempotent prompts, context, a channel layer that fails ------------------------------
+
+
+async def test_the_same_client_id_twice_stores_nothing_and_calls_no_llm_the_second_time(
+    make_user, make_conversation, connect, use_fake_llm
 ):
-    settings.STREAMING_SNAPSHOT_MAX_CHARS = 10
-    user, conversation, socket = await user_conversation_socket(
-        make_user, make_conversation, connect
-    )
-    stream_id = await finished_stream(user, conversation, socket)
+    _, _, socket = await user_conversation_socket(make_user, make_conversation, connect)
+    await socket.send({"type": "prompt", "text": "Hi", "client_id": "tab-1_msg-1"})
+    stream_id = await started(socket)
+    await socket.until_final(stream_id)
     before = len(socket.frames)
-    await socket.send({"type": "resume", "stream_id": stream_id, "after": -1})
-    frame = await socket.next()
-    assert (frame["type"], frame["seq"]) == ("chunk", 0)
-    final = await socket.until_final(stream_id)
-    resumed = [f for f in socket.frames[before:] if f["type"] == "chunk"]
-    assert [f["seq"] for f in resumed] == list(range(final["last_seq"] + 1))
-
-
-async def test_frames_carry_unicode_unescaped(make_user, make_conversation, connect):
-    _user, _conversation, socket = await user_conversation_socket(
-        make_user, make_conversation, connect
+    await socket.send({"type": "prompt", "text": "Hi again", "client_id": "tab-1_msg-1"})
+    await socket.settled()
+    again = socket.frames[before:]
+    assert [(f["type"], f.get("driving")) for f in again] == [
+        ("message", False),
+        ("message", False),
+        ("error", None),  # the barrier's own: no token, no chunk, no other frame
+    ]
+    question, answer = again[0]["message"], again[1]["message"]
+    assert (question["role"], question["text"], question["client_id"]) == (
+        "user",
+        "Hi",
+        "tab-1_msg-1",
     )
-    await socket.send({"type": "prompt", "text": "世界"})
-    raw = await socket.communicator.receive_from()
-    assert "世界" in raw
+    assert (answer["role"], answer["stream_id"], answer["status"]) == (
+        "assistant",
+        stream_id,
+        "done",
+    )
+    assert answer["text"] == use_fake_llm.reply
+    assert use_fake_llm.request_count == 1
+    assert (await Message.objects.acount(), await Stream.objects.acount()) == (2, 1)
+
+
+async def test_one_client_id_sent_by_two_sockets_at_once_is_one_prompt_and_one_llm_call(
+    make_user, make_conversation, connect, use_fake_llm
+):
+    user = await make_user()
+    conversation = await make_conversation(user)
+    tabs = [(await connect(conversation.pk, user=user))[1] for _ in range(2)]
+    frame = {"type": "prompt", "text": "Hi", "client_id": "retry-1"}
+    await asyncio.gather(*(tab.send(frame) for tab in tabs))
+    answers = [
+        await tab.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+        for tab in tabs
+    ]
+    stream_id = answers[0]["message"]["stream_id"]
+    assert {a["message"]["stream_id"] for a in answers} == {stream_id}
+    assert sorted(a["driving"] for a in answers) == [False, True]
+    driver = tabs[[a["driving"] for a in answers].index(True)]
+    await driver.until_final(stream_id)
+    assert (await Message.objects.acount(), await Stream.objects.acount()) == (2, 1)
+    assert use_fake_llm.request_count == 1
+
+
+@pytest.mark.parametrize("scenario", ["reasoning_content", "reasoning"])
+async def test_an_answers_reasoning_is_kept_but_never_sent_back_as_context(
+    make_user, make_conversation, connect, use_fake_llm, scenario
+):
+    use_fake_llm.reasoning_reply = "The user wants the secret plan; let me think it through."
+    _, _, socket = await user_conversation_socket(make_user, make_conversation, connect)
+    first = f"[scenario={scenario}] What is the plan?"
+    await socket.send({"type": "prompt", "text": first})
+    thought = await started(socket)
+    await socket.until_final(thought)
+    assert socket.joined("chunk", thought, part="reasoning") == use_fake_llm.reasoning_reply
+    stored = await Message.objects.aget(stream_id=thought)
+    assert (stored.text, stored.reasoning) == (use_fake_llm.reply, use_fake_llm.reasoning_reply)
+
+    await socket.send({"type": "prompt", "text": "And then?"})
+    await socket.until_final(await started(socket))
+    request = use_fake_llm.requests[-1]
+    assert request["messages"][1:] == [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": use_fake_llm.reply},
+        {"role": "user", "content": "And then?"},
+    ]
+    assert "secret plan" not in json.dumps(request)
+
+
+async def test_a_layer_failure_announcing_the_prompt_still_lets_it_get_its_answer(
+    make_user, make_conversation, connect, monkeypatch
+):
+    layer = get_channel_layer()
+    real_group_send = layer.group_send
+    refused: list[str] = []
+
+    async def flaky_group_send(group: str, message: dict) -> None:
+        if message["type"] == MESSAGE_EVENT and not refused:
+            refused.append(group)
+            raise ConnectionError("the channel layer is away")
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", flaky_group_send)
+    _, conversation, socket = await user_conversation_socket(make_user, make_conversation, connect)
+    await socket.send({"type": "prompt", "text": "Hi"})
+    stream_id = await started(socket)
+    final = await socket.until_final(stream_id)
+    assert refused == [conversation.group_name]
+    assert final["status"] == "done"
+    tokens = socket.joined("token", stream_id)
+    assert tokens and tokens == socket.joined("chunk", stream_id)
+    answer = await Message.objects.aget(stream_id=stream_id)
+    stream = await Stream.objects.aget(id=stream_id)
+    assert (answer.status, answer.text) == ("done", tokens)
+    assert (stream.status, stream.text) == ("done", tokens)

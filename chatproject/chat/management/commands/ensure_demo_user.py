@@ -1,24 +1,39 @@
-"""Create (or reset) the demo login that the README's run command prints."""
+"""Create the demo login that `make run` prints, once, and only on a development server.
+
+It runs at every start, so it must never touch an account that exists: a new password
+hash (a new salt) would sign out every open tab, and restoring flags would undo what an
+operator changed in the admin.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 
 class Command(BaseCommand):
-    help = "Create the demo user (a staff account, for the admin too) and print its login."
+    help = (
+        "Create the demo user (a staff account, for the admin too) when it does not exist "
+        "and DEBUG is on; an existing account is left exactly as it is."
+    )
 
-    def add_arguments(self, parser: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="demo")
         parser.add_argument("--password", default="demo")
 
     def handle(self, *args: Any, username: str, password: str, **options: Any) -> None:
-        user, created = get_user_model().objects.get_or_create(username=username)
-        user.set_password(password)
-        user.is_staff = user.is_superuser = True
-        user.save()
-        verb = "Created" if created else "Reset"
-        self.stdout.write(f"{verb} demo login: username {username!r}, password {password!r}")
+        if not settings.DEBUG:
+            self.stdout.write("DEBUG is off: no demo login created (a production server has none).")
+            return
+        users = get_user_model()._default_manager
+        if users.filter(username=username).exists():
+            self.stdout.write(
+                f"Demo login {username!r} exists; left as it is (password {password!r} "
+                "unless someone changed it)."
+            )
+            return
+        users.create_superuser(username=username, password=password, email="")
+        self.stdout.write(f"Created demo login: username {username!r}, password {password!r}")
