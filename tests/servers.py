@@ -8,6 +8,7 @@ The test database must be visible to other processes, so SQLite runs use a file 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -109,10 +110,16 @@ class DaphneServer:
                 self.kill()
 
 
-def server_env(*, redis_url: str | None, llm_base_url: str | None, **extra: Any) -> dict[str, str]:
+def server_env(
+    *,
+    redis_url: str | None,
+    llm_base_url: str | None = None,
+    settings_module: str = "chatproject.settings",
+    **extra: Any,
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMING_", "LLM_"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="chatproject.settings",
+        DJANGO_SETTINGS_MODULE=settings_module,
         DATABASE_URL=database_url(),
         DATABASE_POOL="false",
         PYTHONUNBUFFERED="1",
@@ -141,23 +148,38 @@ FINAL_STATUSES = frozenset({"done", "error", "cancelled", "timeout"})
 
 class StreamView:
     """A client's view of one stream, built from frames exactly as the contract says:
-    a snapshot replaces, a chunk must be the next seq, a final status is verifiable."""
+    a snapshot replaces both parts, a chunk must be the next seq and adds to its part,
+    a final status is verifiable for the text and for the reasoning."""
 
     def __init__(self) -> None:
         self.text = ""
+        self.reasoning = ""
         self.last_seq = -1
-        self.tokens = ""
+        self.tokens = ""  # the driver's answer tokens
+        self.reasoning_tokens = ""  # and its reasoning tokens
         self.final: dict[str, Any] | None = None
+
+    def add(self, part: str, text: str) -> None:
+        """A chunk's text, to the part it belongs to."""
+        assert part in ("text", "reasoning"), part
+        if part == "text":
+            self.text += text
+        else:
+            self.reasoning += text
 
     def apply(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]
         if kind == "token":
-            self.tokens += frame["text"]
+            if frame["part"] == "reasoning":
+                self.reasoning_tokens += frame["text"]
+            else:
+                self.tokens += frame["text"]
         elif kind == "snapshot":
-            self.text, self.last_seq = frame["text"], frame["last_seq"]
+            self.text, self.reasoning = frame["text"], frame["reasoning"]
+            self.last_seq = frame["last_seq"]
         elif kind == "chunk":
             assert frame["seq"] == self.last_seq + 1, (frame["seq"], self.last_seq)
-            self.text += frame["text"]
+            self.add(frame["part"], frame["text"])
             self.last_seq = frame["seq"]
         elif kind == "status" and frame["status"] in FINAL_STATUSES:
             self.final = frame
@@ -165,22 +187,31 @@ class StreamView:
     def verified(self) -> bool:
         import hashlib
 
-        assert self.final is not None
+        def digest(text: str) -> tuple[int, str]:
+            return len(text), hashlib.sha256(text.encode()).hexdigest()
+
+        final = self.final
+        assert final is not None
         return (
-            self.final["length"] == len(self.text)
-            and self.final["sha256"] == hashlib.sha256(self.text.encode()).hexdigest()
-            and self.final["last_seq"] == self.last_seq
+            (final["length"], final["sha256"]) == digest(self.text)
+            and (final["reasoning_length"], final["reasoning_sha256"]) == digest(self.reasoning)
+            and final["last_seq"] == self.last_seq
         )
 
 
 class WsClient:
     """A real websocket client (the ``websockets`` library) over TCP to a daphne server."""
 
-    def __init__(self, server: DaphneServer, path: str, cookie: str | None) -> None:
+    def __init__(
+        self, server: DaphneServer, path: str, cookie: str | None, origin: str | None = None
+    ) -> None:
         self.server, self.path, self.cookie = server, path, cookie
+        # A page of the site itself, as the Origin check requires, unless a test says.
+        self.origin = origin or server.http_url
         self.connection: Any = None
         self.frames: list[dict[str, Any]] = []
         self.streams: dict[str, StreamView] = {}
+        self.waiting: list[tuple[Any, asyncio.Future[None]]] = []
 
     async def connect(self) -> WsClient:
         from websockets.asyncio.client import connect
@@ -188,7 +219,7 @@ class WsClient:
         headers = {"Cookie": self.cookie} if self.cookie else {}
         self.connection = await connect(
             self.server.ws_url + self.path,
-            origin=f"http://localhost:{self.server.port}",
+            origin=self.origin,
             additional_headers=headers,
             proxy=None,
             open_timeout=10,
@@ -201,7 +232,6 @@ class WsClient:
         await self.connection.send(json.dumps(frame))
 
     async def next(self, timeout: float = 15) -> dict[str, Any]:
-        import asyncio
         import json
 
         frame = json.loads(await asyncio.wait_for(self.connection.recv(), timeout))
@@ -209,11 +239,29 @@ class WsClient:
         stream_id = frame.get("stream_id") or (frame.get("message") or {}).get("stream_id")
         if stream_id and frame["type"] != "message":
             self.streams.setdefault(stream_id, StreamView()).apply(frame)
+        for waiter in list(self.waiting):
+            predicate, seen = waiter
+            if seen.done() or predicate():
+                self.waiting.remove(waiter)
+                if not seen.done():
+                    seen.set_result(None)
         return frame
 
-    async def until(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
-        import asyncio
+    async def when(self, predicate: Any, timeout: float = 30) -> None:
+        """Wait until ``predicate()`` holds of what this client has received, as another
+        task reads its frames (an event to synchronise on, not a sleep)."""
+        if predicate():
+            return
+        seen = asyncio.get_running_loop().create_future()
+        self.waiting.append((predicate, seen))
+        await asyncio.wait_for(seen, timeout)
 
+    def reached(self, stream_id: str, seq: int) -> bool:
+        """Whether this client holds the stream up to ``seq``, or its final status."""
+        view = self.streams.get(stream_id)
+        return view is not None and (view.last_seq >= seq or view.final is not None)
+
+    async def until(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
                 frame = await self.next(timeout)
@@ -255,3 +303,119 @@ def http_get_json(server: DaphneServer, path: str, cookie: str | None) -> tuple[
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+class SseClient:
+    """A real Server-Sent Events client (aiohttp) over TCP: each event as a dict with
+    ``event``, ``id``, ``data`` (decoded JSON), or ``comment`` for a comment line."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url, self.headers = url, headers or {}
+        self.events: list[dict[str, Any]] = []
+        self.status = 0
+        self.response_headers: dict[str, str] = {}
+
+    async def read(self, *, until: Any = None, timeout: float = 30) -> list[dict[str, Any]]:
+        """Read events until the response ends or ``until(event)`` is true."""
+        import asyncio
+        import json
+
+        import aiohttp
+
+        async with (
+            asyncio.timeout(timeout),
+            aiohttp.ClientSession() as session,
+            session.get(self.url, headers=self.headers) as response,
+        ):
+            self.status = response.status
+            self.response_headers = dict(response.headers)
+            if response.status != 200:
+                self.events.append({"error": await response.json()})
+                return self.events
+            event: dict[str, Any] = {}
+            async for raw in response.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(":"):
+                    self.events.append({"comment": line[1:].strip()})
+                elif line.startswith("retry:"):
+                    continue
+                elif line == "":
+                    if event:
+                        event["data"] = json.loads(event.get("data", "null"))
+                        self.events.append(event)
+                        if until is not None and until(event):
+                            return self.events
+                    event = {}
+                else:
+                    field, _, value = line.partition(":")
+                    event[field] = value[1:] if value.startswith(" ") else value
+        return self.events
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [e["data"] for e in self.events if "data" in e]
+
+
+@dataclass
+class QCluster:
+    """A real ``qcluster`` process (django-q2) on the test database."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    #: django-q2's guard loop calls the scheduler every 30 s, the first time 30 s after
+    #: start.
+    WAIT_SECONDS = 75
+
+    @classmethod
+    def start(cls, log_path: Path, command: list[str], env: dict[str, str]) -> QCluster:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches pytest alone
+        )
+        return cls(process, log_path)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, condition: Any, what: str) -> None:
+        """Poll ``condition`` until true; fail with the log if the cluster exits or
+        WAIT_SECONDS pass first."""
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        while not condition():
+            exited = self.process.poll()
+            if exited is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{what} (exit code {exited}):\n{self.log()}")
+            time.sleep(0.5)
+
+    def stop(self) -> bool:
+        """SIGINT to the main process (SIGTERM to the process group can deadlock it,
+        django-q2#346); whether it stopped by itself, before being killed."""
+        if self.process.poll() is not None:
+            return True
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            return False
+        return True
+
+
+def make_reaper_due() -> None:
+    """The reaper's schedule overdue (it runs at a cluster's first scheduler pass), the
+    purge's a day away."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    from streaming.schedules import PURGE, REAPER, ensure_schedules
+
+    ensure_schedules()
+    Schedule.objects.filter(name=REAPER).update(next_run=timezone.now() - timedelta(minutes=1))
+    Schedule.objects.filter(name=PURGE).update(next_run=timezone.now() + timedelta(days=1))

@@ -34,3 +34,28 @@ def test_a_non_debug_start_with_a_secret_key_runs():
 
 def test_the_defaults_need_no_environment():
     assert run_check().returncode == 0
+
+
+def django_q_log_level(**env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "Q_LOG_LEVEL"}
+    script = (
+        "import logging, django; django.setup(); "
+        "print(logging.getLevelName(logging.getLogger('django-q').getEffectiveLevel()))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "chatproject.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+
+
+def test_the_scheduler_logs_warnings_only_by_default():
+    assert django_q_log_level() == "WARNING"
+
+
+def test_q_log_level_brings_back_the_schedulers_info_lines():
+    assert django_q_log_level(Q_LOG_LEVEL="info") == "INFO"

@@ -55,7 +55,9 @@ async def test_driver_viewers_late_joiner_and_reconnect_see_one_text_across_proc
     stream_id = await driver.prompt("Tell me sixty things.")
 
     async def late_joiner() -> WsClient:
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        # Late: after the driver has been shown a random part of the answer.
+        joins_at = rng.randint(3, 30)
+        await driver.when(lambda: driver.reached(stream_id, joins_at))
         client = await WsClient(back, path, cookie).connect()
         await client.send({"type": "resume", "stream_id": stream_id, "after": -1})
         await client.until_final(stream_id)
@@ -67,7 +69,9 @@ async def test_driver_viewers_late_joiner_and_reconnect_see_one_text_across_proc
         await first.until(lambda f: f["type"] == "chunk" and f["seq"] >= rng.randint(2, 8))
         held = first.streams[stream_id]
         await first.close()
-        await asyncio.sleep(rng.uniform(0.05, 0.5))
+        # Away while a few more chunks are broadcast.
+        away_until = held.last_seq + rng.randint(2, 8)
+        await driver.when(lambda: driver.reached(stream_id, away_until))
         second = await WsClient(back, path, cookie).connect()
         second.streams[stream_id] = held  # what the page still shows
         await second.send({"type": "resume", "stream_id": stream_id, "after": held.last_seq})

@@ -42,7 +42,7 @@ def private_redis(tmp_path):
     servers' groups (named after conversation ids, which every test database repeats)
     never meet another test run's on a shared Redis, the load and outages disturb nobody
     else, and the test may restart it at will. Shut down after the test."""
-    from tests.conftest import require
+    from tests.fixtures import require
     from tests.servers import free_port
 
     require(shutil.which("redis-server") is not None, "redis-server is not installed")

@@ -213,23 +213,32 @@ class Persisted:
     error: str
     last_seq: int
     row_text: str
-    chunks: list[tuple[int, str]]
+    chunks: list[tuple[int, str, str]]  # (seq, part, text)
     message_text: str
     message_status: str
+    row_reasoning: str = ""
+    message_reasoning: str = ""
+
+    def part_text(self, part: str) -> str:
+        return "".join(text for _, of, text in self.chunks if of == part)
 
     @property
     def chunk_text(self) -> str:
-        return "".join(text for _, text in self.chunks)
+        return self.part_text("text")
+
+    @property
+    def chunk_reasoning(self) -> str:
+        return self.part_text("reasoning")
 
     @property
     def consecutive(self) -> bool:
-        return [seq for seq, _ in self.chunks] == list(range(len(self.chunks)))
+        return [seq for seq, _, _ in self.chunks] == list(range(len(self.chunks)))
 
 
 def read_persisted(stream_id: str) -> Persisted:
     stream = Stream.objects.get(id=stream_id)
     chunks = list(
-        Chunk.objects.filter(stream_id=stream_id).order_by("seq").values_list("seq", "text")
+        Chunk.objects.filter(stream_id=stream_id).order_by("seq").values_list("seq", "part", "text")
     )
     message = Message.objects.get(stream_id=stream_id)
     return Persisted(
@@ -240,6 +249,8 @@ def read_persisted(stream_id: str) -> Persisted:
         chunks,
         message.text,
         message.status,
+        stream.reasoning,
+        message.reasoning,
     )
 
 
@@ -261,13 +272,15 @@ row_counts = sync_to_async(count_rows)
 
 def assert_settled(db: Persisted, status: str | set[str]) -> None:
     """A final stream as the contract says: its status in ``status``, chunks 0..n
-    consecutive, and row text = chunks = message text, the message carrying the status."""
+    consecutive, and for each part row = chunks = message, the message carrying the
+    status."""
     wanted = {status} if isinstance(status, str) else status
     assert db.status in wanted, (db.status, db.error)
-    assert db.consecutive, [seq for seq, _ in db.chunks]
+    assert db.consecutive, [seq for seq, _, _ in db.chunks]
     assert db.last_seq == len(db.chunks) - 1, (db.last_seq, len(db.chunks))
     assert db.row_text == db.chunk_text
     assert db.message_text == db.chunk_text
+    assert db.row_reasoning == db.message_reasoning == db.chunk_reasoning
     assert db.message_status == db.status
 
 
@@ -310,6 +323,7 @@ class CheckedView(StreamView):
         if kind == "snapshot":
             self.snapshots += 1
             self.text, self.last_seq, self.texts = frame["text"], frame["last_seq"], {}
+            self.reasoning = frame["reasoning"]
         elif kind == "chunk":
             seq = frame["seq"]
             if seq <= self.last_seq:
@@ -326,7 +340,7 @@ class CheckedView(StreamView):
                 self.gaps.append((self.last_seq, seq))
                 self.needs_resume = True
             else:
-                self.text += frame["text"]
+                self.add(frame["part"], frame["text"])
                 self.texts[seq] = frame["text"]
                 self.last_seq = seq
         elif kind == "status" and frame["status"] in FINAL_STATUSES:
@@ -382,7 +396,7 @@ class Page:
             try:
                 self.connection = await connect(
                     self.server.ws_url + self.path,
-                    origin=f"http://localhost:{self.server.port}",
+                    origin=self.server.http_url,  # the site's own scheme, host and port
                     additional_headers={"Cookie": self.cookie},
                     proxy=None,
                     open_timeout=10,
@@ -538,6 +552,20 @@ def escaped_exceptions(*servers: DaphneServer) -> list[str]:
 
 def log_lines(server: DaphneServer, needle: str) -> list[str]:
     return [line for line in server.log().splitlines() if needle in line]
+
+
+def established_connections(port: int) -> int:
+    """How many TCP connections to ``port`` on this machine are open (the server's side,
+    from /proc/net): 0 once a server has let go of every client."""
+    established = "01"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                count += local_port == port and fields[3] == established
+    return count
 
 
 def rss_kib(server: DaphneServer) -> int:

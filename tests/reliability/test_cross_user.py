@@ -5,8 +5,6 @@ the per-user limit instead of reaching the LLM.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -28,7 +26,7 @@ async def handshake_status(server, path: str, cookie: str | None, origin: str | 
     try:
         connection = await connect(
             server.ws_url + path,
-            origin=origin or f"http://localhost:{server.port}",
+            origin=origin or server.http_url,
             additional_headers=headers,
             proxy=None,
             open_timeout=10,
@@ -37,6 +35,10 @@ async def handshake_status(server, path: str, cookie: str | None, origin: str | 
         return refused.response.status_code
     await connection.close()
     return 101
+
+
+def token_count(page: Page, stream_id: str) -> int:
+    return sum(f["type"] == "token" and f["stream_id"] == stream_id for f in page.frames)
 
 
 @sync_to_async
@@ -79,11 +81,15 @@ async def test_every_surface_refuses_another_users_conversation_and_streams(
         await intruder.send(frame)
         answer = await intruder.until(lambda f: True, timeout=10)
         frames[name] = answer.get("code", answer["type"])
-    await asyncio.sleep(0.5)
+    # Tokens the driver sends after bob's cancel was answered: one that had reached it
+    # would have stopped them, and ended the stream.
+    seen = token_count(page, live)
+    try:
+        await page.until(lambda f: token_count(page, live) >= seen + 20, timeout=10)
+        tokens_flow = True
+    except TimeoutError:
+        tokens_flow = False
     still = await stream_status(live)
-    tokens_before = len(page.view(live).tokens)
-    await page.until(lambda f: f["type"] == "token" and f["stream_id"] == live)
-    tokens_flow = len(page.view(live).tokens) > tokens_before
 
     http = {}
     for name, path, cookie in [
@@ -173,7 +179,12 @@ async def test_a_flood_of_prompts_meets_the_per_user_limit_not_the_llm(
                 accepted.append(answer["message"]["stream_id"])
             else:
                 refused.append(answer["code"])
-    await asyncio.sleep(1.0)  # a request that was going to reach the LLM has by now
+    # Every accepted answer's first token: its LLM request was made (and answered) after
+    # each refusal above was sent, so a refused prompt's request would be counted too.
+    for stream_id in accepted:
+        owner = next(p for p in pages if stream_id in p.views)
+        if not token_count(owner, stream_id):
+            await owner.until(lambda f, s=stream_id: f["type"] == "token" and f["stream_id"] == s)
     llm_calls = fake_llm.request_count
     rows = await sync_to_async(
         lambda: (

@@ -306,7 +306,7 @@ class Socket:
 
 def _victim_stream(server, account) -> str:
     """An answered prompt of another user: its stream id is what the fuzzer may not reach."""
-    socket = Socket(server.ws_url + account.path, f"http://localhost:{server.port}", account.cookie)
+    socket = Socket(server.ws_url + account.path, server.http_url, account.cookie)
     reply, _ = socket.exchange(json.dumps({"type": "prompt", "text": "Mine alone."}))
     stream_id = None
     while True:
@@ -326,7 +326,7 @@ def test_a_thousand_random_frames_each_get_an_error_frame_and_write_nothing(star
     foreign_ids = [_victim_stream(server, victim)]
     before = count_rows()
     frame_limit = django_settings.CHAT_FRAME_MAX_BYTES
-    socket = Socket(server.ws_url + fuzzer.path, f"http://localhost:{server.port}", fuzzer.cookie)
+    socket = Socket(server.ws_url + fuzzer.path, server.http_url, fuzzer.cookie)
     kinds: collections.Counter[str] = collections.Counter()
     codes: collections.Counter[str] = collections.Counter()
     wrong: list[tuple[Probe, Any]] = []
@@ -383,7 +383,7 @@ def test_a_thousand_random_frames_each_get_an_error_frame_and_write_nothing(star
 def _one_socket(start_daphne):
     server = start_daphne()
     fuzzer = create_account("fuzzer")
-    socket = Socket(server.ws_url + fuzzer.path, f"http://localhost:{server.port}", fuzzer.cookie)
+    socket = Socket(server.ws_url + fuzzer.path, server.http_url, fuzzer.cookie)
     return server, socket
 
 
