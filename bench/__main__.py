@@ -27,6 +27,12 @@ BENCHMARKS = {
     "catchup": "bench.catchup",
     "memory": "bench.memory",
     "purge": "bench.purge",
+    "provider": "bench.provider",
+    "capacity": "bench.capacity",
+    "bursts": "bench.bursts",
+    "coldstart": "bench.cold_start",
+    "bounded": "bench.bounded_writes",
+    "sse": "bench.sse",
 }
 
 
@@ -35,6 +41,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--repeats", type=int, help="repeated runs (default 3; --quick: 1)")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record each daphne with py-spy into DIR (flamegraphs; needs py-spy)",
+    )
+    parser.add_argument(
+        "--profile-format",
+        choices=["txt", "svg"],
+        default="txt",
+        help="collapsed stacks (for python -m bench.profile_summary) or flamegraphs",
+    )
+    parser.add_argument(
+        "--profile-only",
+        nargs="+",
+        choices=sorted(BENCHMARKS),
+        help="with --profile: only the daphnes of these sections",
+    )
     parser.add_argument(
         "--output",
         help="folder for benchmarks.md and the plots (default: docs/ for a full run; a "
@@ -73,14 +96,19 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url=redis_url,
                 work_dir=work_dir,
                 docs_dir=output_dir(args),
+                profile_dir=helpers.Path(args.profile).resolve() if args.profile else None,
+                profile_sections=frozenset(args.profile_only or ()),
+                profile_format=args.profile_format,
             )
             ctx.docs_dir.mkdir(parents=True, exist_ok=True)
+            helpers.flush_bench_redis(redis_url)
             machine = report.machine(ctx)
             load_before = report.load_average()
             sections = []
             failed = 0
             for name in args.only or list(BENCHMARKS):
                 helpers.log(f"{name}: starting")
+                ctx.section = name
                 began = time.monotonic()
                 try:
                     section = run_once_or_twice(name, ctx)
@@ -89,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                     section = failed_section(name, exc)
                     failed += 1
                 section.seconds = time.monotonic() - began
+                if any(
+                    goal.name.startswith("contract invariants") and goal.met is False
+                    for goal in section.goals
+                ):
+                    failed += 1  # a regression is a bug, not a slower number
                 helpers.log(f"{name}: done in {section.seconds:.0f} s")
                 sections.append(section)
                 load = f"{load_before} before, {report.load_average()} after"
@@ -101,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             helpers.log(f"wrote {path}")
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        helpers.flush_bench_redis(redis_url)
+        if not os.environ.get("BENCH_KEEP_WORK_DIR"):
+            shutil.rmtree(work_dir, ignore_errors=True)
     return 1 if failed else 0
 
 
@@ -144,7 +179,10 @@ def failed_section(name: str, exc: Exception) -> helpers.Section:
     module = importlib.import_module(BENCHMARKS[name])
     title = {"writes": "1. Write amplification", "tokens": "2. Driver token path",
              "fanout": "3. Fanout over Redis", "catchup": "4. Catch-up", "memory": "5. Memory",
-             "purge": "6. Purge"}[name]  # fmt: skip
+             "purge": "6. Purge", "provider": "7. Through the real provider",
+             "capacity": "8. Capacity", "bursts": "9. Bursts", "coldstart": "10. Cold start",
+             "bounded": "11. Writes stay bounded", "sse": "12. Server-Sent Events",
+             }.get(name, name)  # fmt: skip
     section = helpers.Section(name, title, (module.__doc__ or "").split("\n\n", 1)[-1].strip())
     section.notes.append(f"This measurement failed in this run: {type(exc).__name__}: {exc}")
     section.goals.append(helpers.Goal("the measurement", "runs", "failed", False))

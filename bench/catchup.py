@@ -244,17 +244,19 @@ async def _resume(
 
 
 def _resume_queries(stream_id: str, snapshot_after: int | None) -> tuple[int, float]:
-    import inspect
-
+    """The queries of a resume's reads, as the follower makes them, counted in process."""
     from streaming.conf import app_settings
     from streaming.selectors import catch_up, stream_get
 
-    options: dict[str, Any] = {"snapshot_after": snapshot_after}
-    if "snapshot_max_chars" in inspect.signature(catch_up).parameters:  # as the consumer does
-        options["snapshot_max_chars"] = app_settings.SNAPSHOT_MAX_CHARS
     with counters.StatementCounter() as counter:
         began = time.perf_counter()
-        catch_up(stream_get(stream_id=stream_id), after=-1, **options)
+        stream_get(stream_id=stream_id)
+        catch_up(
+            stream_id=stream_id,
+            after=-1,
+            snapshot_after=snapshot_after,
+            snapshot_max_chars=app_settings.SNAPSHOT_MAX_CHARS,
+        )
         elapsed = time.perf_counter() - began
     return counter.total, elapsed * 1000
 

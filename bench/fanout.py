@@ -6,15 +6,18 @@ One conversation; its viewers are logged-in chat sockets spread evenly over the 
 processes (a single viewer sits on the process that does not drive). A driver socket on
 the first process sends a prompt; the demo answer (364 tokens, about 31 chunks; with
 ``--quick`` its first 150 tokens) is generated at 100 tokens/s. Each ``chunk`` frame
-carries the time of its commit (``bench_commit``, stamped where the component announces
-it right after the commit), and a viewer's latency is its arrival minus that stamp, on
+carries the time of its commit (``bench_commit``: when the process writer's round that
+wrote it committed), and a viewer's latency is its arrival minus that stamp, on
 the machine's one monotonic clock.
 
-Baseline, right after, on the same sockets: a stream with one chunk is resumed by every
-viewer, then the driver's daphne process sends the same chunk payloads with the same
-spacing by plain ``group_send`` to the conversation's group, each stamped just before
-the call (``POST /bench/replay/`` of ``bench.echo_asgi``). So the baseline has the same
-sending process, consumers, mixin and Redis, but no driver and no database.
+Baseline, right after, on the same sockets: the driver's daphne process announces a
+new stream to the conversation's group as a prompt does (one ``chat.message`` event),
+then sends the same chunk payloads with the same spacing by plain ``group_send``, each
+stamped just before the call, then a final status (``POST /bench/replay/`` of
+``bench.echo_asgi``). So the baseline has the same sending process, consumers, mixin
+and Redis, but no driver, no writer and no database. Every viewer's frames are checked
+against the contract (the driver's text exactly, no gap, no duplicate, the final
+status) on both sides.
 """
 
 # The report is typeset: en dashes for ranges, × for ratios, on purpose.
@@ -25,19 +28,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
 from bench import helpers
+from bench.clients import Drive, Follow, drive, follow_socket
 from bench.helpers import Context, Goal, Section, Table, median, num, percentile, ratio, spread
+from bench.invariants import Violations, add_invariants
 
-FINAL = {"done", "error", "cancelled", "timeout"}
 PACE = 100
-SILENCE = 30.0  # a socket quiet this long has lost its final status frame
-
 
 #: The issue's goal: our p99 at most this many times the plain layer's.
 P99_BOUND = 1.25
@@ -58,97 +59,43 @@ class Delivery:
         return 1 - len(self.latencies) / self.expected if self.expected else 0.0
 
 
-async def _next(ws: Any, wait: float = 120) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), wait))
-
-
-def _is_final(frame: dict[str, Any], target: str | None) -> bool:
-    """A final status of ``target`` (of any stream while it is not known yet)."""
-    return (
-        frame["type"] == "status"
-        and frame["status"] in FINAL
-        and target in (None, frame["stream_id"])
-    )
-
-
-def _announced(frame: dict[str, Any]) -> str | None:
-    """The stream id of an assistant message announced by ``frame``, if it is one."""
-    if frame["type"] == "message" and frame["message"]["role"] == "assistant":
-        return frame["message"]["stream_id"]
-    return None
-
-
-async def _collect(ws: Any, target: str | None = None) -> tuple[list[float], int, bool]:
-    """Chunk latencies until the final status of ``target`` (or of the stream the next
-    assistant message announces); also chunks without a stamp, and whether the final
-    status came (False: the socket went quiet for SILENCE seconds)."""
-    latencies, unstamped = [], 0
-    while True:
-        try:
-            frame = await _next(ws, SILENCE)
-        except TimeoutError:
-            return latencies, unstamped, False
-        now = time.monotonic()
-        if frame["type"] == "chunk":
-            if "bench_commit" in frame:
-                latencies.append(now - frame["bench_commit"])
-            else:
-                unstamped += 1
-        elif frame["type"] == "snapshot":
-            unstamped += 1
-        elif _is_final(frame, target):
-            return latencies, unstamped, True
-        target = target or _announced(frame)
-
-
-async def _driver_chunks(ws: Any) -> list[dict[str, Any]]:
-    chunks, target = [], None
-    while True:
-        try:
-            frame = await _next(ws, SILENCE)
-        except TimeoutError:
-            return chunks
-        if frame["type"] == "chunk" and "bench_commit" in frame:
-            chunks.append(frame)
-        elif target and _is_final(frame, target):
-            return chunks
-        target = target or _announced(frame)
-
-
-async def _gather(viewers: list[Any], expected: int, tasks: list[asyncio.Task]) -> Delivery:
-    delivery = Delivery(expected=expected * len(viewers))
-    for latencies, unstamped, got_status in await asyncio.gather(*tasks):
-        delivery.latencies += latencies
-        delivery.repaired += unstamped
-        delivery.lost_status += not got_status
-    return delivery
+def delivery(follows: list[Follow], expected: int) -> Delivery:
+    """What ``follows`` (one per viewer) got of a stream of ``expected`` live chunks."""
+    result = Delivery(expected=expected * len(follows))
+    for follow in follows:
+        result.latencies += follow.latencies
+        result.repaired += follow.unstamped
+        result.lost_status += follow.check.final is None
+    return result
 
 
 async def run_ours(
-    driver: Any, viewers: list[Any], tag: str, limit: str = ""
-) -> tuple[Delivery, list]:
-    collectors = [asyncio.create_task(_collect(v)) for v in viewers]
-    chunks_task = asyncio.create_task(_driver_chunks(driver))
+    front: helpers.BenchServer, driver: Any, viewers: list[Any], tag: str, limit: str,
+    violations: Violations,
+) -> tuple[Delivery, Drive]:  # fmt: skip
+    """A prompt on the driver socket; every viewer follows the answer it announces."""
+    followers = [
+        asyncio.create_task(follow_socket(v, who=f"viewer {i}")) for i, v in enumerate(viewers)
+    ]
     prompt = f"bench pace={PACE} {limit} {tag}"
-    await driver.send(json.dumps({"type": "prompt", "text": prompt}))
-    chunks = await chunks_task
-    return await _gather(viewers, len(chunks), collectors), chunks
+    driven = await drive(driver, prompt)
+    follows = await asyncio.gather(*followers)
+    where = f"ours, {len(viewers)} viewers, {tag}"
+    driven.check.verify(driven.expected, tokens=True)
+    for follow in follows:
+        follow.check.verify(driven.expected, tokens=False)
+    violations.add_checks(where, [driven.check, *(f.check for f in follows)])
+    _, calls = await asyncio.to_thread(helpers.fetch_stamps, front)
+    violations.llm_calls(where, calls, [prompt])
+    return delivery(list(follows), len(driven.commits)), driven
 
 
-def _baseline_stream(user: Any, group: str) -> str:
-    from streaming import services
+def _baseline_stream(group: str) -> str:
+    """A stream row for the baseline's frames: nobody drives it, and without an owner it
+    counts against nobody's limit of active streams (it is left to its lease)."""
+    import streaming
 
-    stream = services.stream_create(group=group, owner=user)
-    services.stream_claim(stream_id=stream.id, driver_channel="")
-    services.chunk_append(stream_id=stream.id, group=group, first_seq=0, texts=["baseline "])
-    return str(stream.id)
-
-
-def _finish(stream_id: str) -> None:
-    from streaming import services
-    from streaming.core.lifecycle import Status
-
-    services.stream_finish(stream_id=stream_id, status=Status.DONE)
+    return str(streaming.create_stream(group=group).id)
 
 
 def _post_replay(server: helpers.BenchServer, request: dict[str, Any]) -> None:
@@ -161,30 +108,33 @@ def _post_replay(server: helpers.BenchServer, request: dict[str, Any]) -> None:
 
 
 async def run_baseline(
-    sender: helpers.BenchServer, viewers: list[Any], chunks: list[dict], user: Any, group: str
+    sender: helpers.BenchServer,
+    viewers: list[Any],
+    driven: Drive,
+    user: Any,
+    group: str,
+    violations: Violations,
 ) -> Delivery:
-    stream_id = await sync_to_async(_baseline_stream)(user, group)
-
-    async def follow(ws: Any) -> None:
-        await ws.send(json.dumps({"type": "resume", "stream_id": stream_id, "after": -1}))
-        while True:
-            frame = await _next(ws)
-            if frame["type"] == "chunk" and frame["stream_id"] == stream_id:
-                return
-
-    await asyncio.gather(*(follow(v) for v in viewers))
-    collectors = [asyncio.create_task(_collect(v, stream_id)) for v in viewers]
-    commits = [chunk["bench_commit"] for chunk in chunks]
-    delays = [0.0] + [later - earlier for earlier, later in itertools.pairwise(commits)]
+    """The same chunks, with the same spacing, by plain ``group_send`` from the
+    driver's process, announced to the viewers as a prompt announces a stream."""
+    stream_id = await sync_to_async(_baseline_stream)(group)
+    followers = [
+        asyncio.create_task(follow_socket(v, stream_id, who=f"viewer {i}"))
+        for i, v in enumerate(viewers)
+    ]
+    chunks = driven.check.chunks[: len(driven.commits)]
+    delays = [0.0] + [later - earlier for earlier, later in itertools.pairwise(driven.commits)]
     request = {
         "group": group,
         "stream_id": stream_id,
-        "first_seq": 1,
-        "chunks": [{"text": c["text"], "delay": d} for c, d in zip(chunks, delays, strict=True)],
+        "chunks": [{"text": c, "delay": d} for c, d in zip(chunks, delays, strict=True)],
     }
     await asyncio.to_thread(_post_replay, sender, request)
-    await sync_to_async(_finish)(stream_id)
-    return await _gather(viewers, len(chunks), collectors)
+    follows = await asyncio.gather(*followers)
+    for follow in follows:
+        follow.check.verify("".join(chunks), tokens=False)
+    violations.add_checks(f"baseline, {len(viewers)} viewers", [f.check for f in follows])
+    return delivery(list(follows), len(chunks))
 
 
 def _conversation(user: Any) -> tuple[int, str]:
@@ -194,7 +144,10 @@ def _conversation(user: Any) -> tuple[int, str]:
     return conversation.pk, conversation.group_name
 
 
-async def _measure(ctx: Context, servers: list[helpers.BenchServer], user: Any, cookie: str):
+async def _measure(
+    ctx: Context, servers: list[helpers.BenchServer], user: Any, cookie: str,
+    violations: Violations,
+) -> tuple[list[int], dict[int, dict[str, list[Delivery]]]]:  # fmt: skip
     sizes = ctx.sizes([1, 10, 100, 1000], [1, 10, 100])
     front, back = servers
     limit = "tokens=150" if ctx.quick else ""
@@ -210,11 +163,12 @@ async def _measure(ctx: Context, servers: list[helpers.BenchServer], user: Any, 
         driver = await helpers.ws_connect(front, path, cookie)
         try:
             if size == sizes[0]:
-                await run_ours(driver, viewers, tag="warmup", limit=limit)
+                await run_ours(front, driver, viewers, "warmup", limit, Violations())
             for repeat in range(ctx.repeats):
                 helpers.log(f"fanout: {size} viewers ({repeat + 1})")
-                ours, chunks = await run_ours(driver, viewers, f"run {size} {repeat}", limit)
-                base = await run_baseline(front, viewers, chunks, user, group)
+                tag = f"run {size} {repeat}"
+                ours, driven = await run_ours(front, driver, viewers, tag, limit, violations)
+                base = await run_baseline(front, viewers, driven, user, group, violations)
                 results.setdefault(size, {}).setdefault("ours", []).append(ours)
                 results[size].setdefault("baseline", []).append(base)
         finally:
@@ -236,9 +190,13 @@ def run(ctx: Context) -> Section:
     user = helpers.make_user("fanout")
     cookie = helpers.session_cookie(user)
     env = helpers.server_env(ctx, BENCH_INSTRUMENT="1")
-    servers = [helpers.BenchServer(env), helpers.BenchServer(env)]
+    servers = [
+        helpers.BenchServer(env, profile=helpers.profile_path(ctx, name))
+        for name in ("front", "back")
+    ]
+    violations = Violations()
     with helpers.running(*servers, log_dir=ctx.work_dir):
-        sizes, results = asyncio.run(_measure(ctx, servers, user, cookie))
+        sizes, results = asyncio.run(_measure(ctx, servers, user, cookie, violations))
 
     table = Table(
         "Commit → arrival at each viewer, ms (all viewers × all chunks of a run)",
@@ -276,6 +234,7 @@ def run(ctx: Context) -> Section:
             )
         )
     section.tables.append(table)
+    add_invariants(section, violations)
     section.notes.append(
         "Lost: stamped chunk frames that never arrived live (the channel layer dropped them "
         "over capacity); repaired: chunks a viewer then got from the database by the mixin's "

@@ -13,9 +13,12 @@ import asyncio
 import contextlib
 import math
 import os
-import re
 import secrets
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bench.text import prompt_tokens as prompt_tokens
 from tests import servers
 from tests.servers import DaphneServer
 
@@ -32,6 +36,8 @@ DOCS = ROOT / "docs"
 #: Logical Redis database the benchmarks use, so that their channel-layer groups
 #: (``chat.conversation.1`` in a fresh database) never reach a developer's server.
 BENCH_REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "15"))
+#: The bearer token the benchmark daphnes accept on ``GET /metrics``.
+METRICS_TOKEN = secrets.token_urlsafe(16)
 
 
 # --- results -------------------------------------------------------------------------
@@ -80,6 +86,18 @@ class Context:
     redis_url: str | None
     work_dir: Path
     docs_dir: Path = DOCS
+    #: With ``--profile DIR``: py-spy records every daphne of the sections named.
+    profile_dir: Path | None = None
+    profile_sections: frozenset[str] = frozenset()
+    profile_format: str = "txt"
+    section: str = ""
+    #: Product bugs the benchmark daphnes work around: (short name, what and how).
+
+    @property
+    def profiling(self) -> bool:
+        return self.profile_dir is not None and (
+            not self.profile_sections or self.section in self.profile_sections
+        )
 
     @property
     def vendor(self) -> str:
@@ -133,24 +151,6 @@ def ratio(ours: float, baseline: float, digits: int = 2) -> str:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --- the benchmarks' text source -------------------------------------------------------
-
-_OPTION = re.compile(r"\b(pace|tokens|repeat)=(\d+(?:\.\d+)?)")
-
-
-def prompt_tokens(prompt: str) -> tuple[float, list[str]]:
-    """What a benchmark prompt asks for: the pace (``pace=N`` tokens per second, 0 = as
-    fast as possible) and the tokens, the demo answer ``repeat=N`` times over, cut after
-    ``tokens=N``. The echo and the instrumented chat both answer with exactly these."""
-    from chatproject.llm.demo import demo_answer, tokenize
-
-    options = {key: float(value) for key, value in _OPTION.findall(prompt)}
-    tokens = tokenize(demo_answer(prompt)) * int(options.get("repeat", 1))
-    if "tokens" in options:
-        tokens = tokens[: int(options["tokens"])]
-    return options.get("pace", 0.0), tokens
 
 
 # --- the throwaway database and Django -----------------------------------------------
@@ -219,25 +219,86 @@ def setup_django(database_url: str, redis_url: str | None) -> None:
     call_command("migrate", verbosity=0)
 
 
-def make_user(name: str) -> Any:
-    from django.contrib.auth import get_user_model
+def flush_bench_redis(url: str | None) -> None:
+    """Empty the benchmarks' own Redis database: groups of earlier runs (whose
+    conversation ids a fresh database reuses) would hold channels of dead processes."""
+    if not url:
+        return
+    import redis
 
-    return get_user_model().objects.create_user(f"{name}-{secrets.token_hex(4)}", password="pw")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def make_user(name: str) -> Any:
+    return make_users(name, 1)[0]
+
+
+def make_users(name: str, count: int) -> list[Any]:
+    """``count`` users with no usable password (nobody logs in with one: sessions are
+    made directly), in one INSERT."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    model = get_user_model()
+    tag = secrets.token_hex(4)
+    unusable = make_password(None)
+    users = [model(username=f"{name}-{tag}-{i}", password=unusable) for i in range(count)]
+    model.objects.bulk_create(users)
+    return list(model.objects.filter(username__startswith=f"{name}-{tag}-").order_by("pk"))
+
+
+@dataclass
+class Client:
+    """A logged-in user of the benchmarks. One per stream: the flood limit
+    (STREAMING_FRAME_BURST) holds per user, as a real crowd's would."""
+
+    user: Any
+    cookie: str
+
+
+def make_clients(name: str, count: int) -> list[Client]:
+    """``count`` users, each logged in (a session cookie)."""
+    return [Client(user, session_cookie(user)) for user in make_users(name, count)]
+
+
+def conversations(clients: Sequence[Client]) -> list[int]:
+    """A new conversation for each client (a fresh one per run: no history to send)."""
+    from chatproject.chat.models import Conversation
+
+    made = Conversation.objects.bulk_create(Conversation(owner=c.user) for c in clients)
+    if any(c.pk is None for c in made):  # a database that returns no ids from bulk inserts
+        made = list(Conversation.objects.order_by("-pk")[: len(clients)])[::-1]
+    return [c.pk for c in made]
+
+
+def conversation_paths(clients: Sequence[Client]) -> list[str]:
+    return [f"/ws/conversations/{pk}/" for pk in conversations(clients)]
 
 
 # --- daphne servers and websocket clients ----------------------------------------------
 
 
-def server_env(ctx: Context, **extra: Any) -> dict[str, str]:
+def server_env(ctx: Context, llm: LLMServer | None = None, **extra: Any) -> dict[str, str]:
     """The environment of a benchmark daphne: the throwaway database (pooled on
-    PostgreSQL, as in production), DEBUG off, no per-owner stream limit."""
+    PostgreSQL, as in production), DEBUG off, no per-owner stream limit, the metrics
+    behind the bench's token; with ``llm``, the ``openai`` provider on that server."""
     settings = dict(
         DATABASE_POOL="true",
         DEBUG="false",
         SECRET_KEY=os.environ["SECRET_KEY"],
         STREAMING_MAX_ACTIVE_PER_OWNER="0",
+        STREAMING_METRICS_TOKEN=METRICS_TOKEN,
         LLM_PROVIDER="demo",
     )
+    if llm is not None:
+        settings.update(
+            LLM_PROVIDER="openai", LLM_BASE_URL=llm.base_url, LLM_API_KEY="bench",
+            LLM_MODEL="bench-model",
+        )  # fmt: skip
     settings.update({key: str(value) for key, value in extra.items()})
     return servers.server_env(redis_url=ctx.redis_url, llm_base_url=None, **settings)
 
@@ -245,14 +306,29 @@ def server_env(ctx: Context, **extra: Any) -> dict[str, str]:
 @dataclass
 class BenchServer(DaphneServer):
     """A daphne process serving ``bench.echo_asgi`` (the chat app, the echo route and
-    the benchmarks' instrumentation) on a free loopback port."""
+    the benchmarks' instrumentation) on a free loopback port. With ``profile`` set,
+    py-spy samples it for as long as it runs and writes that flamegraph when it stops."""
 
     app: str = "bench.echo_asgi:application"
+    profile: Path | None = None
+    profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def start(self, log_dir: Path) -> BenchServer:
+        super().start(log_dir)
+        if self.profile is not None:
+            self.profiler = start_profiler(self.pid, self.profile)
+        return self
+
+    def stop(self) -> None:
+        if self.profiler is not None:
+            stop_profiler(self.profiler)
+            self.profiler = None
+        super().stop()
 
     def rss_kib(self) -> int:
         """Resident memory of the daphne process, from /proc."""
@@ -260,6 +336,186 @@ class BenchServer(DaphneServer):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def threads(self) -> int:
+        """Threads of the daphne process, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+        raise RuntimeError("no Threads")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the daphne process has used so far, from /proc."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def metrics(self) -> dict[str, float]:
+        """This process's Prometheus metrics (``GET /metrics`` with the bench's token)."""
+        return metrics_text(
+            http_get(self, "/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"})
+        )
+
+
+@contextlib.asynccontextmanager
+async def cpu_samples(server: BenchServer, every: float = 0.25) -> Any:
+    """(time, CPU seconds) of the daphne process every ``every`` seconds while inside."""
+    samples: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic(), server.cpu_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+        samples.append((time.monotonic(), server.cpu_seconds()))
+
+    task = asyncio.create_task(sample())
+    try:
+        yield samples
+    finally:
+        stop.set()
+        await task
+
+
+def steady_cpu_per_token(
+    samples: Sequence[tuple[float, float]], arrivals: Sequence[Sequence[float]]
+) -> float:
+    """The daphne process's CPU µs per token delivered while every stream was running
+    (from the last stream's first token to the first stream's last), NaN when that
+    window holds fewer than two samples."""
+    streams = [a for a in arrivals if a]
+    if not streams:
+        return math.nan
+    begin, end = max(a[0] for a in streams), min(a[-1] for a in streams)
+    inside = [s for s in samples if begin <= s[0] <= end]
+    if len(inside) < 2:
+        return math.nan
+    first, last = inside[0], inside[-1]
+    tokens = sum(sum(1 for t in a if first[0] <= t <= last[0]) for a in streams)
+    return (last[1] - first[1]) / tokens * 1e6 if tokens else math.nan
+
+
+def start_profiler(pid: int, path: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` into ``path`` (flamegraph .svg, or collapsed stacks for
+    .txt) without pausing it; None when py-spy is not installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        log("py-spy is not installed (pip install py-spy): no profile")
+        return None
+    kind = "raw" if path.suffix == ".txt" else "flamegraph"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # --gil: only the thread holding Python's lock, the one resource every thread shares.
+    gil = ["--gil"] if os.environ.get("BENCH_PROFILE_GIL", "1") == "1" else []
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--nonblocking", *gil, "--rate",
+         os.environ.get("BENCH_PROFILE_RATE", "100"),
+         "--format", kind, "--output", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
+    profiler.send_signal(signal.SIGINT)
+    try:
+        profiler.wait(30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+
+
+def http_get(server: DaphneServer, path: str, headers: dict[str, str] | None = None) -> bytes:
+    """A plain GET (urllib, no proxies)."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(server.http_url + path, headers=headers or {})
+    with opener.open(request, timeout=60) as response:
+        return response.read()
+
+
+def fetch_stamps(server: DaphneServer) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """The instrumented text source's stamps and calls (the server forgets them)."""
+    import json
+
+    payload = json.loads(http_get(server, "/bench/stamps/"))
+    return payload["stamps"], payload["calls"]
+
+
+def metrics_text(body: bytes) -> dict[str, float]:
+    """Prometheus' text exposition as ``{"name{labels}": value}`` (comments dropped)."""
+    values: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def metric(values: dict[str, float], name: str) -> float:
+    """A metric summed over its labels (0 when absent)."""
+    return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
+
+
+@dataclass
+class LLMServer:
+    """``bench.llm_server`` in a process of its own: an OpenAI-compatible server,
+    running while a ``with`` block holds it."""
+
+    process: subprocess.Popen[str] | None = None
+    port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LLMServer:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.llm_server"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        return self
+
+    def __enter__(self) -> LLMServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def stamps(self) -> tuple[dict[str, list[float]], dict[str, int]]:
+        """When each token of each prompt was written, and each prompt's request count;
+        the server forgets both."""
+        import json
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.port}/bench/stamps", timeout=60) as response:
+            payload = json.loads(response.read())
+        return payload["stamps"], payload["requests"]
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile_path(ctx: Context, name: str) -> Path | None:
+    """Where py-spy writes the profile of a daphne of this section, if profiling."""
+    if not ctx.profiling:
+        return None
+    assert ctx.profile_dir is not None
+    return ctx.profile_dir / f"{ctx.section}-{name}.{ctx.profile_format}"
 
 
 @contextlib.contextmanager
@@ -284,7 +540,7 @@ async def ws_connect(server: BenchServer, path: str, cookie: str | None = None) 
 
     return await connect(
         server.ws_url + path,
-        origin=f"http://localhost:{server.port}",
+        origin=server.http_url,
         additional_headers={"Cookie": cookie} if cookie else {},
         proxy=None,
         open_timeout=60,

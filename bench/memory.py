@@ -30,17 +30,12 @@ FINAL = {"done", "error", "cancelled", "timeout"}
 SETTLE = 2.0
 
 
-def _conversations(user: Any, count: int) -> list[int]:
-    from chatproject.chat.models import Conversation
-
-    return [
-        c.pk
-        for c in Conversation.objects.bulk_create(Conversation(owner=user) for _ in range(count))
-    ]
+Cookies = list[str | None]
 
 
-async def _warm_up(server: helpers.BenchServer, paths: list[str], cookie: str | None) -> None:
-    sockets = [await helpers.ws_connect(server, path, cookie) for path in paths[:3]]
+async def _warm_up(server: helpers.BenchServer, paths: list[str], cookies: Cookies) -> None:
+    pairs = zip(paths[:3], cookies[:3], strict=True)
+    sockets = [await helpers.ws_connect(server, path, cookie) for path, cookie in pairs]
     await sockets[0].send(json.dumps({"type": "prompt", "text": "bench pace=0 tokens=30 warm"}))
     while True:
         frame = json.loads(await asyncio.wait_for(sockets[0].recv(), 60))
@@ -50,11 +45,11 @@ async def _warm_up(server: helpers.BenchServer, paths: list[str], cookie: str | 
     await asyncio.sleep(SETTLE)
 
 
-async def _idle(server: helpers.BenchServer, paths: list[str], cookie: str | None) -> float:
-    await _warm_up(server, paths, cookie)
+async def _idle(server: helpers.BenchServer, paths: list[str], cookies: Cookies) -> float:
+    await _warm_up(server, paths, cookies)
     before = server.rss_kib()
     sockets = await helpers.connect_many(
-        len(paths), lambda i: helpers.ws_connect(server, paths[i], cookie)
+        len(paths), lambda i: helpers.ws_connect(server, paths[i], cookies[i])
     )
     await asyncio.sleep(SETTLE)
     after = server.rss_kib()
@@ -77,10 +72,10 @@ async def _follow(
             return
 
 
-async def _active(server: helpers.BenchServer, paths: list[str], cookie: str | None) -> float:
-    await _warm_up(server, paths, cookie)
+async def _active(server: helpers.BenchServer, paths: list[str], cookies: Cookies) -> float:
+    await _warm_up(server, paths, cookies)
     sockets = await helpers.connect_many(
-        len(paths), lambda i: helpers.ws_connect(server, paths[i], cookie)
+        len(paths), lambda i: helpers.ws_connect(server, paths[i], cookies[i])
     )
     await asyncio.sleep(SETTLE)
     before = server.rss_kib()
@@ -105,31 +100,38 @@ async def _active(server: helpers.BenchServer, paths: list[str], cookie: str | N
     return (after - before) / len(paths)
 
 
-def _measure(ctx: Context, kind: str, side: str, count: int, user: Any, cookie: str) -> float:
+def _measure(
+    ctx: Context, kind: str, side: str, count: int, viewer: helpers.Client,
+    clients: list[helpers.Client],
+) -> float:  # fmt: skip
+    """One fresh daphne: ``count`` idle viewers of one conversation of one user, or
+    ``count`` active streams, each its user's (the flood limit holds per user)."""
     server = helpers.BenchServer(helpers.server_env(ctx, BENCH_INSTRUMENT="1"))
+    cookies: Cookies
     if side == "echo":
-        paths, cookie_for = ["/bench/echo/"] * count, None
+        paths, cookies = ["/bench/echo/"] * count, [None] * count
+    elif kind == "idle":
+        paths = helpers.conversation_paths([viewer]) * count
+        cookies = [viewer.cookie] * count
     else:
-        pks = _conversations(user, 1 if kind == "idle" else count)
-        paths = [f"/ws/conversations/{pks[i % len(pks)]}/" for i in range(count)]
-        cookie_for = cookie
+        paths = helpers.conversation_paths(clients[:count])
+        cookies = [c.cookie for c in clients[:count]]
     with helpers.running(server, log_dir=ctx.work_dir):
         measure = _idle if kind == "idle" else _active
-        return asyncio.run(measure(server, paths, cookie_for))
+        return asyncio.run(measure(server, paths, cookies))
 
 
 def run(ctx: Context) -> Section:
     section = Section("memory", "5. Memory", __doc__.split("\n\n", 1)[1].strip())
     helpers.raise_nofile(8192)
-    user = helpers.make_user("memory")
-    cookie = helpers.session_cookie(user)
     sizes = {"idle": 200 if ctx.quick else 1000, "active": 20 if ctx.quick else 100}
+    viewer, *clients = helpers.make_clients("memory", sizes["active"] + 1)
     results: dict[tuple[str, str], list[float]] = {}
     for repeat in range(ctx.repeats):
         for kind, count in sizes.items():
             for side in ("echo", "chat"):
                 helpers.log(f"memory: {kind}, {side}, {count} ({repeat + 1})")
-                value = _measure(ctx, kind, side, count, user, cookie)
+                value = _measure(ctx, kind, side, count, viewer, clients)
                 results.setdefault((kind, side), []).append(value)
     table = Table(
         "Resident memory added to the daphne process, KiB",

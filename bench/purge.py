@@ -47,19 +47,20 @@ def _fill(total: int) -> None:
     ]
     Stream.objects.bulk_create(streams, batch_size=1000)
     table = Chunk._meta.db_table
-    rows = ((s.id, seq, TEXT, now) for s in streams for seq in range(PER_STREAM))
+    rows = ((s.id, seq, "text", TEXT, now) for s in streams for seq in range(PER_STREAM))
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            columns = "(stream_id, seq, text, created_at)"
+            columns = "(stream_id, seq, part, text, created_at)"
             with cursor.cursor.copy(f"COPY {table} {columns} FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
             cursor.executemany(
-                f"INSERT INTO {table} (stream_id, seq, text, created_at) VALUES (%s, %s, %s, %s)",
+                f"INSERT INTO {table} (stream_id, seq, part, text, created_at) "
+                "VALUES (%s, %s, %s, %s, %s)",
                 [
-                    (s.hex, seq, text, connection.ops.adapt_datetimefield_value(created))
-                    for s, seq, text, created in rows
+                    (s.hex, seq, part, text, connection.ops.adapt_datetimefield_value(created))
+                    for s, seq, part, text, created in rows
                 ],
             )
     with connection.cursor() as cursor:

@@ -29,9 +29,12 @@ $ DATABASE_URL=postgres://postgres@127.0.0.1:5432/chatproject \\
   REDIS_URL=redis://127.0.0.1:6379/0 make bench     # PostgreSQL + Redis (the real numbers)
 $ .venv/bin/python -m bench --quick                 # smoke test: small sizes, one run each
 $ .venv/bin/python -m bench --only tokens fanout    # some sections only
+$ .venv/bin/python -m bench --only capacity --profile /tmp/prof   # py-spy of each daphne
+$ .venv/bin/python -m bench.profile_summary /tmp/prof/capacity-100-driven.txt   # hot spots
 ```
 
-`--only` takes one or more of `writes`, `tokens`, `fanout`, `catchup`, `memory`, `purge`.
+`--only` takes one or more of `writes`, `tokens`, `fanout`, `catchup`, `memory`, `purge`,
+`provider`, `capacity`, `bursts`, `coldstart`, `bounded`, `sse`.
 Only a full run writes `docs/`; `--quick` and `--only` write to
 `$TMPDIR/chatproject-bench/` unless given `--output DIR`, so a smoke test never replaces
 the committed report.
@@ -55,6 +58,16 @@ MEASURED = Table(
          "5,000 chunks joined; one frame per chunk; 20 messages"],
         ["memory", "RSS per idle viewer and per active stream", "the raw echo consumer"],
         ["purge", "`streams_purge()` of 1,000,000 chunks in batches", "one unbatched DELETE"],
+        ["through the real provider", "the `openai` provider on a loopback LLM server, 1/10/100 "
+         "streams", "the raw echo fed by the same provider"],
+        ["capacity", "streams one daphne carries at 40 tokens/s (p99 within 50 ms)",
+         "the provider-fed echo at the same load"],
+        ["bursts", "first token of 100 prompts at once; transactions a prompt", "one"],
+        ["cold start", "a fresh process's first prompt", "its warm prompts"],
+        ["writes stay bounded", "transactions per second at 1 … 300 streams",
+         "one round per flush interval"],
+        ["Server-Sent Events", "commit → arrival at 1 … 1,000 SSE readers; memory per reader",
+         "the same number of websocket viewers"],
     ],
 )  # fmt: skip
 
@@ -62,16 +75,19 @@ HOW_TO_RUN_NOTES = """\
 While it runs it prints one progress line per step, and after each measurement it writes
 `docs/benchmarks.md` (machine, versions, the command, every table as the median of the
 repeated runs with the smallest and largest in brackets, and which goals were met) and
-the plots `docs/bench-*.png`. A full run takes about 8 to 15 minutes on 2 cores (it
-depends on the machine's load); `--quick` about 2. A measurement that fails (a database
+the plots `docs/bench-*.png`. A full run takes about 20 minutes on 2 cores (it
+depends on the machine's load); `--quick` about 5. A measurement that fails (a database
 restarted under it) is run once more after 30 seconds; if it fails again, its section
-says why and the command exits with 1.
+says why and the command exits with 1. So does a run in which any stream broke the
+contract (its text, a gap, a duplicate, a second LLM call, a lost final status): every
+section checks every stream it runs, at every load, and a violation is a failure.
 
 - **Your data is safe.** The benchmarks never open the developer's database: without
   `DATABASE_URL` they use a SQLite file in a temporary folder; with a PostgreSQL
   `DATABASE_URL` they create a `bench_<pid>` database on that server, migrate into it and
   drop it at the end. On Redis they use logical database 15 (`BENCH_REDIS_DB`), so their
-  channel-layer groups never reach a running dev server.
+  channel-layer groups never reach a running dev server; they empty it before and after
+  a run (groups of an earlier run would hold dead processes' channels).
 - **Settings are the defaults.** `STREAMING_*`, `LLM_*` and `CHAT_*` variables of your
   shell are ignored, so the numbers are those of the documented defaults. The daphne
   processes it starts run with `DEBUG=false` and a pooled PostgreSQL connection, as in

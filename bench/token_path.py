@@ -23,34 +23,39 @@ the client minus its production time, on one clock.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from asgiref.sync import sync_to_async
 
 from bench import helpers
+from bench.clients import STATUS_WAIT, Drive, drive
 from bench.helpers import Context, Goal, Section, Table, median, num, percentile, ratio, spread
+from bench.invariants import Violations, add_invariants, database_check
 
-FINAL = {"done", "error", "cancelled", "timeout"}
 PACE = 40
-
-
 FAST_REPEAT = 3
-
-
-STATUS_WAIT = 10.0
 
 
 @dataclass
 class Run:
-    arrivals: list[list[float]] = field(default_factory=list)  # per stream
-    latencies: list[float] = field(default_factory=list)
-    first_token: list[float] = field(default_factory=list)
-    lost_status: int = 0  # streams whose final status frame never came
-
+    drives: list[Drive] = field(default_factory=list)
     started: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    #: Per stream whose tokens all came: when each was produced, and when it arrived.
+    timed: list[tuple[list[float], list[float]]] = field(default_factory=list)
+
+    @property
+    def arrivals(self) -> list[list[float]]:
+        return [d.arrivals for d in self.drives]
+
+    @property
+    def first_token(self) -> list[float]:
+        return [d.arrivals[0] - self.started for d in self.drives]
+
+    @property
+    def lost_status(self) -> int:
+        return sum(d.check.final is None for d in self.drives)
 
     @property
     def throughput(self) -> float:
@@ -69,46 +74,6 @@ class Run:
         return count / (end - begin)
 
 
-async def _stream(ws: Any, prompt: str) -> tuple[list[float], bool]:
-    """Send the prompt; the arrival time of each token, and whether the final status
-    frame came (waited for at most STATUS_WAIT seconds after the last token)."""
-    expected = len(helpers.prompt_tokens(prompt)[1])
-    await ws.send(json.dumps({"type": "prompt", "text": prompt}))
-    arrivals: list[float] = []
-    while True:
-        wait = STATUS_WAIT if len(arrivals) == expected else 120
-        try:
-            raw = await asyncio.wait_for(ws.recv(), wait)
-        except TimeoutError:
-            if len(arrivals) == expected:
-                return arrivals, False
-            raise
-        now = time.monotonic()
-        frame = json.loads(raw)
-        kind = frame["type"]
-        if kind == "token":
-            arrivals.append(now)
-        elif kind == "status" and frame["status"] in FINAL:
-            return arrivals, True
-        elif kind == "error":
-            raise RuntimeError(f"server refused the prompt: {frame}")
-
-
-def _fetch_stamps(server: helpers.BenchServer) -> dict[str, list[float]]:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(server.http_url + "/bench/stamps/", timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _conversations(user: Any, count: int) -> list[int]:
-    from chatproject.chat.models import Conversation
-
-    made = Conversation.objects.bulk_create(Conversation(owner=user) for _ in range(count))
-    return [c.pk for c in made]
-
-
 async def one_run(
     server: helpers.BenchServer,
     *,
@@ -117,48 +82,70 @@ async def one_run(
     pace: float,
     options: str,
     tag: str,
-    user: Any,
-    cookie: str,
+    clients: list[helpers.Client],
+    violations: Violations,
+    llm: helpers.LLMServer | None = None,
+    stagger: float = 0.0,
 ) -> Run:
+    """``streams`` prompts at once (or spread over ``stagger`` seconds), on echo sockets
+    or on chat sockets of one user each; the invariants of every stream are checked.
+    With ``llm``, the tokens come from that server through the ``openai`` provider."""
     if side == "echo":
-        paths = ["/bench/echo/"] * streams
-        cookie_for = None
+        paths: list[str] = ["/bench/echo/llm/" if llm else "/bench/echo/"] * streams
+        cookies: list[str | None] = [None] * streams
     else:
-        ids = await sync_to_async(_conversations)(user, streams)
-        paths = [f"/ws/conversations/{pk}/" for pk in ids]
-        cookie_for = cookie
+        paths = await sync_to_async(helpers.conversation_paths)(clients[:streams])
+        cookies = [c.cookie for c in clients[:streams]]
     sockets = await helpers.connect_many(
-        streams, lambda i: helpers.ws_connect(server, paths[i], cookie_for)
+        streams, lambda i: helpers.ws_connect(server, paths[i], cookies[i])
     )
     prompts = [f"bench pace={pace:g} {options} {tag} stream={i}" for i in range(streams)]
+    delays = [stagger * i / streams for i in range(streams)]
     try:
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(_stream(ws, prompt) for ws, prompt in zip(sockets, prompts, strict=True))
+        drives = await asyncio.gather(
+            *(
+                drive(ws, prompt, who=f"{side} stream {i}", delay=delays[i])
+                for i, (ws, prompt) in enumerate(zip(sockets, prompts, strict=True))
+            )
         )
     finally:
         await helpers.close_all(sockets)
-    stamps = await asyncio.to_thread(_fetch_stamps, server)
-    run = Run(started=started)
-    for prompt, (arrivals, got_status) in zip(prompts, results, strict=True):
-        run.lost_status += not got_status
-        produced = stamps.get(prompt, [])
-        if not arrivals or len(produced) != len(arrivals):
-            raise RuntimeError(f"{side}: {len(arrivals)} tokens arrived, {len(produced)} made")
-        run.arrivals.append(arrivals)
-        run.latencies += [a - p for a, p in zip(arrivals, produced, strict=True)]
-        run.first_token.append(arrivals[0] - started)
+    if llm is not None:
+        stamps, calls = await asyncio.to_thread(llm.stamps)
+    else:
+        stamps, calls = await asyncio.to_thread(helpers.fetch_stamps, server)
+    run = Run(drives=list(drives), started=started)
+    where = f"{side}, {streams} streams, {tag}"
+    expected: dict[str, str] = {}
+    for d in drives:
+        d.check.verify(d.expected, tokens=True, chunks=side != "echo")
+        produced = stamps.get(d.prompt, [])
+        if not d.arrivals or len(produced) != len(d.arrivals):
+            d.check.problems.append(f"{len(d.arrivals)} tokens arrived, {len(produced)} made")
+        else:
+            run.latencies += [a - p for a, p in zip(d.arrivals, produced, strict=True)]
+            run.timed.append((produced, d.arrivals))
+        if side != "echo" and d.stream_id:
+            expected[d.stream_id] = d.expected
+    violations.add_checks(where, [d.check for d in drives])
+    violations.llm_calls(where, calls, prompts)
+    if expected:
+        for stream_id, problem in await sync_to_async(database_check)(expected):
+            violations.add(f"{where}, stream {stream_id}", [problem])
+    if not all(d.arrivals for d in drives):
+        raise RuntimeError(f"{where}: a stream got no token: {violations.note()}")
     return run
 
 
-async def _measure(ctx: Context, server: helpers.BenchServer, user: Any, cookie: str) -> dict:
+async def _measure(ctx: Context, server: helpers.BenchServer, violations: Violations) -> dict:
     sizes = ctx.sizes([1, 10, 100], [1, 10])
+    clients = await sync_to_async(helpers.make_clients)("tokens", max(sizes))
     paced_tokens = 100 if ctx.quick else 200
     runs: dict[tuple[str, str, int], list[Run]] = {}
-    for side in ("echo", "driven"):  # warm-up: imports, first connections, JIT-free caches
-        await one_run(
-            server, side=side, streams=2, pace=0, options="", tag="warmup", user=user, cookie=cookie
-        )
+    common = {"server": server, "clients": clients, "violations": violations}
+    for side in ("echo", "driven"):  # warm-up: imports, first connections, caches
+        await one_run(side=side, streams=2, pace=0, options="", tag="warmup", **common)
     for repeat in range(ctx.repeats):
         for mode, pace in (("fast", 0), ("paced", PACE)):
             for streams in sizes:
@@ -170,14 +157,7 @@ async def _measure(ctx: Context, server: helpers.BenchServer, user: Any, cookie:
                     tag = f"run={repeat}-{mode}-{streams}-{side}"
                     helpers.log(f"token path: {side}, {streams} streams, {mode} ({repeat + 1})")
                     run = await one_run(
-                        server,
-                        side=side,
-                        streams=streams,
-                        pace=pace,
-                        options=options,
-                        tag=tag,
-                        user=user,
-                        cookie=cookie,
+                        side=side, streams=streams, pace=pace, options=options, tag=tag, **common
                     )
                     runs.setdefault((mode, side, streams), []).append(run)
     return {"runs": runs, "sizes": sizes, "paced_tokens": paced_tokens}
@@ -189,11 +169,12 @@ def run(ctx: Context) -> Section:
         "2. Driver token path vs raw websocket echo",
         __doc__.split("\n\n", 1)[1].strip(),
     )
-    user = helpers.make_user("tokens")
-    cookie = helpers.session_cookie(user)
-    server = helpers.BenchServer(helpers.server_env(ctx, BENCH_INSTRUMENT="1"))
+    violations = Violations()
+    server = helpers.BenchServer(
+        helpers.server_env(ctx, BENCH_INSTRUMENT="1"), profile=helpers.profile_path(ctx, "daphne")
+    )
     with helpers.running(server, log_dir=ctx.work_dir):
-        measured = asyncio.run(_measure(ctx, server, user, cookie))
+        measured = asyncio.run(_measure(ctx, server, violations))
     runs, sizes = measured["runs"], measured["sizes"]
 
     fast = Table(
@@ -256,35 +237,7 @@ def run(ctx: Context) -> Section:
         )
     )
     section.tables += [fast, paced]
-    if any(goal.met is False for goal in section.goals[:-1]):
-        section.notes.append(
-            "Where the driven side's time goes (py-spy on the server, and each process's CPU "
-            "time from /proc, while this benchmark was written): for the same tokens the "
-            "server process spends about three times the echo's CPU. Each answer carries "
-            "fixed work the echo has not: storing the prompt and its answer, claiming and "
-            "finishing the stream (three transactions, each a commit), about a dozen Redis "
-            "commands (a channels-redis ``group_send`` is four round trips through redis-py) "
-            "and Channels' per-connection work. Measured with one-token answers it is about "
-            "16 ms of server CPU per answer beyond the echo's, and it comes before the first "
-            "token: 10–15 ms with one stream, about 100 ms when 10 prompts arrive at once on "
-            "two cores. Per token the batcher adds about 2 µs; per write (at most one per "
-            "0.1 s a stream) a transaction and one group message, which every socket of the "
-            "conversation, the driver's included, receives and forwards. So the ratio grows "
-            "with the answer's length; what a reader feels at a real model's pace is the "
-            "added latency per token of the second table."
-        )
-    if lost:
-        section.notes.append(
-            "Lost final statuses: one daphne process has one inbox in Redis for all its "
-            "sockets (a sorted set capped at CHANNEL_LAYER_CAPACITY = 1,000 messages); when "
-            "its event loop falls behind (here: 100 streams of tokens on one process) the "
-            "inbox fills and channels-redis drops group messages ('N of M channels over "
-            "capacity', logged at INFO only). A dropped chunk is repaired from the database "
-            "by the mixin; a dropped final status is never repaired. A check run with INFO "
-            "logging counted 1,033 such drops and 70 of 100 final statuses lost at 40 "
-            "tokens/s. The drivers' stop messages travel the same way, so a driver's control "
-            "listener can be left waiting."
-        )
+    add_invariants(section, violations)
     section.notes.append(
         f"Paced runs send the first {measured['paced_tokens']} tokens of the demo answer; "
         f"fast runs send it {FAST_REPEAT} times over (once with 100 streams). "

@@ -1,0 +1,124 @@
+"""9. Bursts: many prompts arriving at once on one process.
+
+PROMPTS logged-in sockets (a user and a conversation each) are connected to one daphne
+process (``LLM_PROVIDER=openai`` on the benchmarks' LLM server, answers of 40 tokens at
+40 tokens/s); then every socket sends its prompt at the same moment. First token: from
+a socket's sending of its prompt to its first ``token`` frame, p50 and p99 over the
+prompts. The process counts its own statements (``BENCH_COUNT_SQL``: every statement of
+every thread, and the transactions that write) and its writer's rounds
+(``streaming_writes_total``): the write transactions that are not rounds are the
+prompts' own, and each prompt must cost exactly one (its two messages, its stream and
+the claim together). Every answer is checked against the contract.
+"""
+
+# The report is typeset: × for ratios, on purpose.
+# ruff: noqa: RUF003
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from asgiref.sync import sync_to_async
+
+from bench import helpers
+from bench.helpers import Context, Goal, Section, Table, median, num, percentile, spread
+from bench.invariants import Violations, add_invariants
+from bench.token_path import one_run
+
+PROMPTS = 100
+#: The issue's goal: the first token's p50, ms.
+P50_GOAL_MS = 300.0
+
+
+def sql_counts(server: helpers.BenchServer) -> dict[str, float]:
+    """The process's statement counts (``GET /bench/sql/``) and writer rounds."""
+    counted = json.loads(helpers.http_get(server, "/bench/sql/"))
+    rounds = helpers.metric(server.metrics(), "streaming_writes_total")
+    return {"write_transactions": counted["write_transactions"], "rounds": rounds,
+            **{f"{kind}": n for kind, n in counted["kinds"].items()}}  # fmt: skip
+
+
+async def _measure(
+    ctx: Context, server: helpers.BenchServer, llm: helpers.LLMServer, violations: Violations
+) -> list[dict[str, float | list[float]]]:
+    count = 20 if ctx.quick else PROMPTS
+    clients = await sync_to_async(helpers.make_clients)("burst", count)
+    common = {"server": server, "clients": clients, "llm": llm}
+    await one_run(side="driven", streams=2, pace=40, options="tokens=20", tag="warmup",
+                  violations=Violations(), **common)  # fmt: skip
+    results = []
+    for repeat in range(ctx.repeats):
+        helpers.log(f"bursts: {count} prompts at once ({repeat + 1})")
+        before = await asyncio.to_thread(sql_counts, server)
+        run = await one_run(
+            side="driven", streams=count, pace=40, options="tokens=40",
+            tag=f"burst={repeat}", violations=violations, **common,
+        )  # fmt: skip
+        after = await asyncio.to_thread(sql_counts, server)
+        firsts = [d.first_token * 1000 for d in run.drives if d.arrivals]
+        rounds = after["rounds"] - before["rounds"]
+        writes = after["write_transactions"] - before["write_transactions"]
+        results.append(
+            {
+                "first": firsts,
+                "rounds": rounds,
+                "writes": writes,
+                "prompts": count,
+                "per prompt": (writes - rounds) / count,
+            }
+        )
+    return results
+
+
+def run(ctx: Context) -> Section:
+    section = Section("bursts", "9. Bursts", __doc__.split("\n\n", 1)[1].strip())
+    violations = Violations()
+    with helpers.LLMServer() as llm:
+        server = helpers.BenchServer(
+            helpers.server_env(ctx, llm=llm, BENCH_COUNT_SQL="1"),
+            profile=helpers.profile_path(ctx, "daphne"),
+        )
+        with helpers.running(server, log_dir=ctx.work_dir):
+            results = asyncio.run(_measure(ctx, server, llm, violations))
+    count = int(results[0]["prompts"])  # type: ignore[arg-type]
+    p50 = [percentile(r["first"], 50) for r in results]  # type: ignore[arg-type]
+    p99 = [percentile(r["first"], 99) for r in results]  # type: ignore[arg-type]
+    per_prompt = [float(r["per prompt"]) for r in results]  # type: ignore[arg-type]
+    table = Table(
+        f"{count} prompts at once on one process",
+        ["first token p50 ms", "first token p99 ms", "write transactions",
+         "of which writer rounds", "the prompts' own, per prompt"],
+    )  # fmt: skip
+    table.add(
+        spread(p50, 1),
+        spread(p99, 1),
+        spread([float(r["writes"]) for r in results]),  # type: ignore[arg-type]
+        spread([float(r["rounds"]) for r in results]),  # type: ignore[arg-type]
+        spread(per_prompt, 2),
+    )
+    section.tables.append(table)
+    section.goals += [
+        Goal(
+            f"first token, {count} prompts at once",
+            f"p50 ≤ {P50_GOAL_MS:g} ms",
+            f"p50 {num(median(p50), 1)} ms, p99 {num(median(p99), 1)} ms",
+            median(p50) <= P50_GOAL_MS,
+        ),
+        Goal(
+            "a prompt's writes",
+            "one transaction",
+            f"{num(median(per_prompt), 2)} write transactions per prompt (besides the "
+            "writer's rounds)",
+            all(abs(p - 1) < 0.005 for p in per_prompt),
+        ),
+    ]
+    add_invariants(section, violations)
+    section.notes.append(
+        "Write transactions are counted in the daphne process by a statement wrapper on "
+        "every database connection (``bench.counters.StatementCounter``): a transaction "
+        "holding at least one INSERT, UPDATE or DELETE, or such a statement in autocommit. "
+        "The writer's rounds (one transaction each, however many streams they write, "
+        "their ends included) come from ``streaming_writes_total``."
+    )
+    return section
