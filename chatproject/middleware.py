@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from streaming.outages import TRANSIENT_ERRORS
-from streaming.views import json_error
-
-logger = logging.getLogger(__name__)
-
-UNAVAILABLE = "The server is briefly unavailable; try again in a moment."
+from streaming.views import UNAVAILABLE, outage_response
 
 
 class ServiceUnavailableMiddleware:
@@ -34,10 +29,7 @@ class ServiceUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, TRANSIENT_ERRORS):
             return None
-        logger.warning("%s: a service is away: %r", request.path, exception)
         if request.path.startswith("/api/"):
-            response: HttpResponse = json_error("unavailable", UNAVAILABLE)
-        else:
-            response = HttpResponse(UNAVAILABLE, status=503, content_type="text/plain")
-        response["Retry-After"] = "5"
-        return response
+            return outage_response(request, exception)
+        page = HttpResponse(UNAVAILABLE, status=503, content_type="text/plain")
+        return outage_response(request, exception, page)

@@ -140,6 +140,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
         # the worker threads one each: psycopg_pool's default of 4 is too few at once.
         "min_size": 2,
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
+        # How long a request waits for a connection: psycopg_pool's 30 s would hold every
+        # request of a database that is really away past any client's patience, where
+        # this answers a 503 (the pool's timeout is an OperationalError).
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 5),
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the single writer; the timeout waits out short locks

@@ -15,7 +15,13 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth import get_user
-from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.decorators.http import require_GET, require_POST
 
 from streaming.adapter import get_adapter
@@ -46,6 +52,7 @@ ERROR_STATUS = {
     StreamError.UNAVAILABLE: 503,
 }
 _SEQ = re.compile(r"-1|[0-9]{1,15}")
+UNAVAILABLE = "The server is briefly unavailable; try again in a moment."
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: Sent first on every event stream: how soon a browser's EventSource reconnects (ms).
 SSE_RETRY = b"retry: 1000\n\n"
@@ -55,6 +62,20 @@ def json_error(code: str, detail: str) -> JsonResponse:
     return JsonResponse(
         {"error": {"code": code, "detail": detail}}, status=ERROR_STATUS.get(code, 400)
     )
+
+
+def outage_response(
+    request: HttpRequest, exc: BaseException, response: HttpResponse | None = None
+) -> HttpResponse:
+    """A 503 for a service briefly away (``response``, else the JSON error), with
+    ``Retry-After``, logged once at WARNING: an outage is not a bug, and Django's request
+    logger, which logs every 5xx again at ERROR, is told that it has been logged."""
+    logger.warning("%s: a service is away: %r", request.path, exc)
+    if response is None:
+        response = json_error(StreamError.UNAVAILABLE, UNAVAILABLE)
+    response["Retry-After"] = "5"
+    response._has_been_logged = True  # type: ignore[attr-defined]  # log_response
+    return response
 
 
 def json_api(view: AsyncView) -> AsyncView:
@@ -76,10 +97,7 @@ def json_api(view: AsyncView) -> AsyncView:
         except StreamError as exc:
             return json_error(exc.code, exc.detail)
         except TRANSIENT_ERRORS as exc:
-            logger.warning("%s: a service is away: %r", request.path, exc)
-            return json_error(
-                StreamError.UNAVAILABLE, "The server is briefly unavailable; try again."
-            )
+            return outage_response(request, exc)
 
     return wrapper
 

@@ -70,7 +70,7 @@ async def test_a_short_postgres_outage_is_retried_and_the_persisted_text_is_whol
     db = await persisted(stream_id)
     tokens = driver.view(stream_id)
     during = sum(down <= t <= up for t in driver.token_times)
-    retries = len(log_lines(front, "failed; retrying"))
+    retries = len(log_lines(front, "the write round is retried"))
     report(
         "tried",
         "PostgreSQL stopped (fast) mid-answer, started again 1.5 s later; "
