@@ -7,7 +7,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+
+from tests.servers import session_cookie
 
 FINAL = {"done", "error", "cancelled", "timeout"}
 
@@ -74,3 +77,31 @@ class Socket:
 
     async def close(self) -> None:
         await self.communicator.disconnect()
+
+
+class Sockets[S: Socket]:
+    """The sockets a test opens on an ASGI application, as a user or anonymously, from
+    an Origin; the ones that connected are closed together at the test's end."""
+
+    def __init__(self, application: Any, socket_class: type[S]) -> None:
+        self.application = application
+        self.socket_class = socket_class
+        self.opened: list[S] = []
+
+    async def open(
+        self, path: str, user: Any = None, origin: bytes = b"http://localhost"
+    ) -> tuple[bool, S]:
+        headers = [(b"origin", origin), (b"host", b"localhost")]
+        if user is not None:
+            cookie = await sync_to_async(session_cookie)(user)
+            headers.append((b"cookie", cookie.encode()))
+        communicator = WebsocketCommunicator(self.application, path, headers=headers)
+        connected, _ = await communicator.connect()
+        socket = self.socket_class(communicator)
+        if connected:
+            self.opened.append(socket)
+        return connected, socket
+
+    async def close_all(self) -> None:
+        for socket in self.opened:
+            await socket.close()

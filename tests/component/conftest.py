@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from streaming import services
@@ -69,25 +68,10 @@ class Socket(sockets.Socket):
 async def connect():
     """Open sockets on ``ws/rooms/<room>/`` as a user (all closed after the test)."""
     from tests.component.asgi import application
-    from tests.servers import session_cookie
 
-    sockets: list[Socket] = []
-
-    async def open_socket(room: str, user: Any = None) -> tuple[bool, Socket]:
-        headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
-        if user is not None:
-            cookie = await sync_to_async(session_cookie)(user)
-            headers.append((b"cookie", cookie.encode()))
-        communicator = WebsocketCommunicator(application, f"/ws/rooms/{room}/", headers=headers)
-        connected, _ = await communicator.connect()
-        socket = Socket(communicator)
-        if connected:
-            sockets.append(socket)
-        return connected, socket
-
-    yield open_socket
-    for socket in sockets:
-        await socket.close()
+    opened = sockets.Sockets(application, Socket)
+    yield lambda room, user=None: opened.open(f"/ws/rooms/{room}/", user)
+    await opened.close_all()
 
 
 @pytest.fixture

@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from chatproject.asgi import application
 from chatproject.chat.models import Conversation
-from tests.servers import session_cookie
-from tests.sockets import Socket
+from tests.sockets import Socket, Sockets
 
 
 @pytest.fixture
@@ -28,27 +24,12 @@ def make_conversation(transactional_db):
 
 @pytest.fixture
 async def connect():
-    sockets: list[Socket] = []
-
-    async def open_socket(
-        conversation_id: int, user: Any = None, origin: bytes = b"http://localhost"
-    ) -> tuple[bool, Socket]:
-        headers = [(b"origin", origin), (b"host", b"localhost")]
-        if user is not None:
-            cookie = await sync_to_async(session_cookie)(user)
-            headers.append((b"cookie", cookie.encode()))
-        communicator = WebsocketCommunicator(
-            application, f"/ws/conversations/{conversation_id}/", headers=headers
-        )
-        connected, _ = await communicator.connect()
-        socket = Socket(communicator)
-        if connected:
-            sockets.append(socket)
-        return connected, socket
-
-    yield open_socket
-    for socket in sockets:
-        await socket.close()
+    """Open sockets on a conversation as a user, from an Origin (closed after the test)."""
+    opened = Sockets(application, Socket)
+    yield lambda conversation_id, user=None, origin=b"http://localhost": opened.open(
+        f"/ws/conversations/{conversation_id}/", user, origin
+    )
+    await opened.close_all()
 
 
 @pytest.fixture
