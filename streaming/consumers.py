@@ -19,6 +19,9 @@ from typing import Any
 
 from channels.consumer import get_handler_name
 from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from streaming.adapter import get_adapter
 from streaming.asyncdb import run_in_db
@@ -288,6 +291,27 @@ class StreamConsumerMixin:
 
 
 def _count_frame(key: str, timeout: int) -> int:
-    cache = caches[app_settings.RATE_LIMIT_CACHE]
+    cache = _rate_cache(app_settings.RATE_LIMIT_CACHE)
     cache.add(key, 0, timeout)
     return cache.incr(key)
+
+
+#: Alias → the process's one instance of that cache, for the flood counter.
+_RATE_CACHES: dict[str, BaseCache] = {}
+
+
+def _rate_cache(alias: str) -> BaseCache:
+    """One instance of the counting cache for the whole process. ``caches[alias]`` is
+    one per asyncio task (asgiref's ``Local``), so each socket's first frame opened a
+    Redis connection pool of its own, never closed: a connection per socket, and a
+    connect on the token-free path of every new socket's prompt."""
+    cache = _RATE_CACHES.get(alias)
+    if cache is None:
+        cache = _RATE_CACHES[alias] = caches.create_connection(alias)
+    return cache
+
+
+@receiver(setting_changed)
+def _forget_rate_caches(*, setting: str, **kwargs: Any) -> None:
+    if setting == "CACHES":
+        _RATE_CACHES.clear()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.core.cache import caches
 from django.db import transaction
 
-from streaming import services
+from streaming import consumers, services
 from streaming.consumers import FLOOD_CLOSE_CODE
 from streaming.core.lifecycle import Status
 from streaming.frames import aannounce, chunk_frames, status_frame
@@ -124,6 +126,27 @@ async def test_the_flood_limit_holds_per_user_across_sockets(amake_user, connect
     while closed["type"] != "websocket.close":
         closed = await second.communicator.receive_output(timeout=5)
     assert closed["code"] == FLOOD_CLOSE_CODE
+
+
+async def test_sockets_count_their_frames_in_one_cache_instance(amake_user, connect, monkeypatch):
+    # ``caches[alias]`` is one instance per asyncio task: a counter taken from it opened a
+    # cache (a Redis connection pool) for every socket.
+    monkeypatch.setattr(consumers, "_RATE_CACHES", {})
+    opened: list[str] = []
+    create = caches.create_connection
+
+    def counted(alias: str) -> Any:
+        opened.append(alias)
+        return create(alias)
+
+    monkeypatch.setattr(caches, "create_connection", counted)
+    user = await amake_user()
+    for _ in range(3):
+        _, socket = await connect("r4", user)
+        await socket.send({"type": "ping"})
+        assert (await socket.next())["type"] == "error"
+        await socket.close()
+    assert opened == ["default"]
 
 
 async def test_an_oversized_frame_is_refused_and_logged_once_with_the_user(
