@@ -80,7 +80,9 @@ async def drive(
             await run_in_db(stream_get, stream_id=stream_id)  # unknown: unknown_stream
             raise StreamError(StreamError.ALREADY_CLAIMED, "This stream already has a driver.")
         group = stream.group
-    await aannounce(group, [active_status_frame(stream_id, Status.STREAMING)])
+        await _announce_streaming(stream_id, group)
+    # A stream created claimed was never pending for anyone: no status changed, and a
+    # burst of prompts does not wait on the layer before its LLM calls start.
     return await Generation(stream_id, group, deltas, on_token).run()
 
 
@@ -96,7 +98,13 @@ async def claim_here(stream_id: uuid.UUID | str) -> bool:
         await run_in_db(stream_get, stream_id=stream_id)  # unknown: unknown_stream
         return False
     services.keep_claim(str(stream.id), stream.group)
+    await _announce_streaming(str(stream.id), stream.group)
     return True
+
+
+async def _announce_streaming(stream_id: str, group: str) -> None:
+    """Tell the stream's viewers it left ``pending`` (the claimer's, once)."""
+    await aannounce(group, [active_status_frame(stream_id, Status.STREAMING)])
 
 
 def drive_in_background(

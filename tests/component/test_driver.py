@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
+from channels.layers import get_channel_layer
 
 from streaming import Delta, Finish, StreamError, drive
 from streaming.core.lifecycle import text_digest
+from streaming.driver import claim_here
 from streaming.models import Chunk, Stream
 from streaming.writer import get_writer
 from tests.component.conftest import deltas
@@ -95,6 +98,38 @@ async def test_a_stream_created_claimed_is_driven_without_a_claim_of_its_own(ama
     assert stream.status == "streaming"
     body = await drive(stream.id, deltas(["Hi."]))
     assert body.status == "done"
+
+
+async def statuses_announced(stream: Stream, run: Callable[[], Awaitable[object]]) -> list[str]:
+    """The statuses the stream's group is told of while ``run`` drives it to its end."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(stream.group, channel)
+    await run()
+    statuses: list[str] = []
+    while not statuses or statuses[-1] == "streaming":
+        event = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        statuses += [f["status"] for f in event["frames"] if f["type"] == "status"]
+    return statuses
+
+
+async def test_a_stream_created_claimed_announces_only_its_final_status(amake_stream):
+    # It was never pending for anyone: its first status is already streaming.
+    stream = await amake_stream(claimed=True)
+    statuses = await statuses_announced(stream, lambda: drive(stream.id, deltas(["Hi."])))
+    assert statuses == ["done"]
+
+
+async def test_claiming_a_pending_stream_announces_streaming_then_the_final_status(
+    amake_stream,
+):
+    stream = await amake_stream()
+
+    async def claim_and_drive() -> None:
+        assert await claim_here(stream.id)
+        await drive(stream.id, deltas(["Hi."]))
+
+    assert await statuses_announced(stream, claim_and_drive) == ["streaming", "done"]
 
 
 async def test_a_failing_source_ends_in_error_and_is_logged_with_its_traceback(
