@@ -33,16 +33,18 @@ def test_two_processes_claiming_the_same_streams_never_both_win(postgres, make_s
     settings.STREAMING_MAX_ACTIVE_PER_OWNER = 0
     ids = [str(make_stream().id) for _ in range(200)]
     env = server_env(redis_url=None, settings_module="tests.component.settings")
+    # From opposite ends, so that they meet: in the same order the later one trails the
+    # other, losing every claim, and the race is not run.
     claimers = [
         subprocess.Popen(
-            [sys.executable, "-c", CLAIMER, json.dumps(ids)],
+            [sys.executable, "-c", CLAIMER, json.dumps(order)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for order in (ids, ids[::-1])
     ]
     for claimer in claimers:  # both connected to the database and waiting
         assert claimer.stdout.readline() == "ready\n"
