@@ -395,6 +395,15 @@ def steady_cpu_per_token(
     return (last[1] - first[1]) / tokens * 1e6 if tokens else math.nan
 
 
+def cpu_share(samples: Sequence[tuple[float, float]], begin: float, end: float) -> float:
+    """The daphne process's share of one core between ``begin`` and ``end`` (from the
+    samples of ``cpu_samples`` inside that window), NaN when it holds fewer than two."""
+    inside = [s for s in samples if begin <= s[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return math.nan
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
 def start_profiler(pid: int, path: Path) -> subprocess.Popen[bytes] | None:
     """py-spy recording ``pid`` into ``path`` (flamegraph .svg, or collapsed stacks for
     .txt) without pausing it; None when py-spy is not installed."""
