@@ -59,11 +59,11 @@ class Load:
     violations: int = 0
 
     def window(self) -> tuple[float, float]:
-        """From the median stream's first token to the median stream's last, when most
-        of the streams run; else (``steady`` false) from the first token to the last."""
-        arrivals = [d.arrivals for d in self.run.drives if d.arrivals]
+        """The steady window when it holds two samples a second apart; else (``steady``
+        false) from the first token to the last."""
         if self.steady:
-            return median([a[0] for a in arrivals]), median([a[-1] for a in arrivals])
+            return self._steady_window()
+        arrivals = self._arrivals()
         return min(a[0] for a in arrivals), max(a[-1] for a in arrivals)
 
     @property
@@ -71,13 +71,21 @@ class Load:
         """Whether the steady window holds two samples a second apart. A saturated
         process's streams never run together for long (their tokens come late and in
         heaps), and its metrics answer slowly."""
-        arrivals = [d.arrivals for d in self.run.drives if d.arrivals]
-        begin, end = median([a[0] for a in arrivals]), median([a[-1] for a in arrivals])
+        begin, end = self._steady_window()
         inside = [s.at for s in self.samples if begin <= s.at <= end]
         return len(inside) >= 2 and inside[-1] - inside[0] >= 1.0
 
+    def _steady_window(self) -> tuple[float, float]:
+        """From the median stream's first token to the median stream's last: most of
+        the streams run (an overloaded process may never have them all at once)."""
+        arrivals = self._arrivals()
+        return median([a[0] for a in arrivals]), median([a[-1] for a in arrivals])
+
+    def _arrivals(self) -> list[list[float]]:
+        return [d.arrivals for d in self.run.drives if d.arrivals]
+
     def rate(self, name: str) -> float:
-        """Per second of the steady window (NaN when too short to say)."""
+        """Per second of ``window()`` (NaN when too short to say)."""
         begin, end = self.window()
         inside = [s for s in self.samples if begin <= s.at <= end]
         values = [(s.at, getattr(s, name)) for s in inside if getattr(s, name) is not None]
