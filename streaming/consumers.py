@@ -291,9 +291,14 @@ class StreamConsumerMixin:
 
 
 def _count_frame(key: str, timeout: int) -> int:
+    """This frame's number in its window. The window's first frame creates the key; the
+    others only increment it (Django's Redis ``add`` is a round trip of its own)."""
     cache = _rate_cache(app_settings.RATE_LIMIT_CACHE)
-    cache.add(key, 0, timeout)
-    return cache.incr(key)
+    try:
+        return cache.incr(key)
+    except ValueError:  # the window's first frame
+        cache.add(key, 0, timeout)
+        return cache.incr(key)
 
 
 #: Alias → the process's one instance of that cache, for the flood counter.

@@ -308,7 +308,8 @@ class Generation:
                     self.first_token_at = timezone.now()
                     TIME_TO_FIRST_TOKEN.observe(self.last_delta_at - self.started_at)
                 _TOKENS[delta.part].inc()
-                delta = Delta(clean_text(delta.text), delta.part)
+                if (text := clean_text(delta.text)) is not delta.text:
+                    delta = Delta(text, delta.part)
                 await self._emit(delta)
                 self._feed(delta)
             return (*self.stop, report)

@@ -78,22 +78,36 @@ def take_all_claims() -> list[str]:
     return stream_ids
 
 
-@transaction.atomic
 def stream_create(*, group: str, owner: Any = None, claimed: bool = False) -> Stream:
     """A new stream, ``pending``, or already ``streaming`` when ``claimed``: then the
     caller must ``drive`` it in this process, and the claim costs no transaction of its
     own (it commits with the caller's). Its lease starts now, so one that nobody drives
-    is reaped. Refused with ``too_many_active`` past the owner's limit."""
+    is reaped. Refused with ``too_many_active`` past the owner's limit.
+
+    Inside a caller's transaction it takes no savepoint (two statements fewer a
+    prompt): the refusal is raised after the block, which wrote nothing, so the
+    caller's transaction stays usable."""
     limit = app_settings.MAX_ACTIVE_PER_OWNER
-    if owner is not None and limit:
-        # Lock the owner's row so two concurrent creates count each other.
-        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
-        active = Stream.objects.filter(owner=owner, status__in=[str(s) for s in ACTIVE]).count()
-        if active >= limit:
-            raise StreamError(
-                StreamError.TOO_MANY_ACTIVE,
-                f"At most {limit} answers may stream at once; wait for one to finish.",
-            )
+    with transaction.atomic(savepoint=False):
+        at_limit = owner is not None and bool(limit) and _owner_active(owner) >= limit
+        stream = None if at_limit else _stream_insert(group, owner, claimed)
+    if stream is None:
+        raise StreamError(
+            StreamError.TOO_MANY_ACTIVE,
+            f"At most {limit} answers may stream at once; wait for one to finish.",
+        )
+    return stream
+
+
+def _owner_active(owner: Any) -> int:
+    """The owner's active streams, counted under a lock on the owner's row, so two
+    concurrent creates count each other (the count is a statement of its own: in READ
+    COMMITTED it sees what the lock waited for)."""
+    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+    return Stream.objects.filter(owner=owner, status__in=[str(s) for s in ACTIVE]).count()
+
+
+def _stream_insert(group: str, owner: Any, claimed: bool) -> Stream:
     now = timezone.now()
     stream = Stream.objects.create(
         group=group,

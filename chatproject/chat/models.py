@@ -77,7 +77,7 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["conversation", "id"]
+        ordering = ["conversation_id", "id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["conversation", "client_id"],

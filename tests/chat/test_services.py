@@ -7,6 +7,7 @@ import re
 
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from chatproject.chat import services as chat_services
 from chatproject.chat.models import Message
@@ -19,6 +20,7 @@ from streaming.models import Stream
 # so that its COMMIT is its own and its on-commit hooks run.
 pytestmark = pytest.mark.django_db(transaction=True)
 
+TRANSACTION = {"BEGIN", "BEGIN IMMEDIATE", "COMMIT"}  # PostgreSQL, SQLite
 WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|SELECT .* FOR UPDATE)", re.IGNORECASE | re.DOTALL)
 
 
@@ -49,6 +51,16 @@ def test_a_prompts_rows_and_its_streams_claim_commit_in_one_transaction(conversa
     stream = Stream.objects.get(id=prompt.answer.stream_id)
     assert (stream.status, stream.started_at is not None) == ("streaming", True)
     assert prompt.created and prompt.answer.prompt_id == prompt.question.pk
+
+
+def test_a_prompt_costs_seven_statements_without_savepoint_or_join(conversation):
+    with CaptureQueriesContext(connections["default"]) as queries:
+        prompt = conversation_prompt(conversation=conversation, text="Hi")
+    services.take_claim(str(prompt.answer.stream_id))
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"] not in TRANSACTION]
+    # Two messages and the stream; the owner's lock and count; the title; the history.
+    assert len(statements) == 7, statements
+    assert not [sql for sql in statements if "SAVEPOINT" in sql or " JOIN " in sql]
 
 
 def test_a_prompt_that_fails_after_its_first_row_leaves_no_row_and_no_claim(

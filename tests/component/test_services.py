@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from streaming import StreamError, delete_stream, services
@@ -59,6 +60,24 @@ def test_an_owner_past_the_active_limit_is_refused(make_stream, settings):
     with pytest.raises(StreamError) as refused:
         make_stream()
     assert refused.value.code == StreamError.TOO_MANY_ACTIVE
+
+
+def test_a_refusal_inside_the_callers_transaction_leaves_it_usable(make_stream, settings):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 1
+    with transaction.atomic():
+        kept = make_stream(claimed=True)
+        with pytest.raises(StreamError):
+            make_stream(claimed=True)
+        assert Stream.objects.filter(id=kept.id).exists()  # the transaction goes on
+    assert Stream.objects.filter(owner=kept.owner).count() == 1
+
+
+def test_a_stream_created_in_the_callers_transaction_takes_no_savepoint(make_stream, settings):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 3
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        make_stream(claimed=True)
+    statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+    assert "SAVEPOINT" not in statements, statements
 
 
 def test_chunks_are_appended_only_as_the_next_seqs(make_stream):
