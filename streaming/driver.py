@@ -336,8 +336,7 @@ class Generation:
     def _feed(self, delta: Delta) -> None:
         deadline_before = self.batcher.deadline
         batches = self.batcher.feed(delta, time.monotonic())
-        if batches:
-            self.pending.extend(batches)
+        self._take(batches)
         if batches or self.batcher.deadline != deadline_before:
             self.writer.poke()
 
