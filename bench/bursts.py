@@ -22,11 +22,15 @@ import json
 from asgiref.sync import sync_to_async
 
 from bench import helpers
+from bench.clients import drive
 from bench.helpers import Context, Goal, Section, Table, median, num, percentile, spread
 from bench.invariants import Violations, add_invariants
 from bench.token_path import one_run
 
 PROMPTS = 100
+#: Prompts sent one after the other on each side, for the CPU a prompt costs: enough
+#: that the process's CPU clock (10 ms ticks) reads the echo's to a few per cent.
+ONE_AT_A_TIME = 50
 #: The issue's goal: the first token's p50, ms.
 P50_GOAL_MS = 300.0
 
@@ -39,11 +43,43 @@ def sql_counts(server: helpers.BenchServer) -> dict[str, float]:
             **{f"{kind}": n for kind, n in counted["kinds"].items()}}  # fmt: skip
 
 
+async def cpu_per_prompt(
+    server: helpers.BenchServer, side: str, clients: list[helpers.Client], violations: Violations
+) -> float:
+    """Daphne's CPU ms per prompt answered with one token, prompts sent one after the
+    other on sockets opened beforehand: what a prompt costs the process besides its
+    tokens (its frame, its rows, its request to the LLM server, its end), without a
+    burst's queueing."""
+    count = len(clients)
+    if side == "echo":
+        paths, cookies = ["/bench/echo/llm/"] * count, [None] * count
+    else:
+        paths = await sync_to_async(helpers.conversation_paths)(clients)
+        cookies = [c.cookie for c in clients]
+    sockets = await helpers.connect_many(
+        count, lambda i: helpers.ws_connect(server, paths[i], cookies[i])
+    )
+    try:
+        before = server.cpu_seconds()
+        drives = [
+            await drive(ws, f"bench pace=1000 tokens=1 one-at-a-time {side} {i}", who=f"{side} {i}")
+            for i, ws in enumerate(sockets)
+        ]
+        spent = server.cpu_seconds() - before
+    finally:
+        await helpers.close_all(sockets)
+    for d in drives:
+        d.check.verify(d.expected, tokens=True, chunks=side != "echo")
+    violations.add_checks(f"one at a time, {side}", [d.check for d in drives])
+    return spent / count * 1000
+
+
 async def _measure(
     ctx: Context, server: helpers.BenchServer, llm: helpers.LLMServer, violations: Violations
 ) -> list[dict[str, float | list[float]]]:
     count = 20 if ctx.quick else PROMPTS
     clients = await sync_to_async(helpers.make_clients)("burst", count)
+    singles = await sync_to_async(helpers.make_clients)("one-at-a-time", ONE_AT_A_TIME)
     common = {"server": server, "clients": clients, "llm": llm}
     await one_run(side="driven", streams=2, pace=40, options="tokens=20", tag="warmup",
                   violations=Violations(), **common)  # fmt: skip
@@ -61,6 +97,8 @@ async def _measure(
         busy = helpers.cpu_share(samples, run.started, run.started + median(firsts) / 1000)
         last = max(firsts) / 1000
         cpu_ms = helpers.cpu_share(samples, run.started, run.started + last) * last * 1000
+        echo_cpu = await cpu_per_prompt(server, "echo", singles, violations)
+        ours_cpu = await cpu_per_prompt(server, "ours", singles, violations)
         rounds = after["rounds"] - before["rounds"]
         writes = after["write_transactions"] - before["write_transactions"]
         results.append(
@@ -72,6 +110,8 @@ async def _measure(
                 "per prompt": (writes - rounds) / count,
                 "busy": busy,
                 "cpu per prompt": cpu_ms / count,
+                "echo cpu": echo_cpu,
+                "ours cpu": ours_cpu,
             }
         )
     return results
@@ -109,6 +149,20 @@ def run(ctx: Context) -> Section:
         spread([float(r["cpu per prompt"]) for r in results], 1),  # type: ignore[arg-type]
     )
     section.tables.append(table)
+    echo_cpu = [float(r["echo cpu"]) for r in results]  # type: ignore[arg-type]
+    ours_cpu = [float(r["ours cpu"]) for r in results]  # type: ignore[arg-type]
+    alone = Table(
+        f"A prompt's CPU, one at a time ({ONE_AT_A_TIME} prompts a side, answers of one token)",
+        ["echo ms per prompt", "ours ms per prompt", "ours ÷ echo",
+         f"{count} prompts at ours, s of one core"],
+    )  # fmt: skip
+    alone.add(
+        spread(echo_cpu, 1),
+        spread(ours_cpu, 1),
+        helpers.ratio(median(ours_cpu), median(echo_cpu), 1),
+        num(median(ours_cpu) * count / 1000, 2),
+    )
+    section.tables.append(alone)
     section.goals += [
         Goal(
             f"first token, {count} prompts at once",
@@ -140,5 +194,17 @@ def run(ctx: Context) -> Section:
         "transaction through the ORM, its frames back, its request to the LLM server) "
         "queues behind the others', and answers of two tokens wait about as long as "
         "answers of forty. The first-token time falls with that CPU per prompt."
+    )
+    section.notes.append(
+        "One at a time: the same process, sockets opened beforehand, each prompt sent "
+        "when the one before had its final status; daphne's CPU clock over all of them, "
+        "divided by the prompts. Echo: ``/bench/echo/llm/`` (the prompt's frame, the "
+        "provider's request, one token frame, a status frame). Ours: the chat consumer "
+        "(the flood counter, the prompt's transaction, the messages' frames and group "
+        "message, the drive, the writer's end with its compaction and the message's "
+        "Markdown, the status frames). Its last column is the least CPU a burst of that "
+        "many prompts needs on one core: answering them in turn instead of together "
+        "would at best halve the median first token (measured: worse, since a prompt "
+        "waiting on the database then holds up those behind it)."
     )
     return section
