@@ -17,6 +17,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from streaming.adapter import get_adapter
@@ -157,32 +158,69 @@ def chunks_append(*, writes: Sequence[ChunkWrite]) -> dict[str, bool]:
     """Persist the batches of several streams and renew their leases, in the caller's
     transaction; map each stream id to whether its chunks are in the database now.
 
-    Each stream's UPDATE only matches it while it is streaming and its last seq is the
-    one before ``first_seq``, which keeps seqs gapless and stops a driver whose stream
-    was settled (or deleted) by someone else. A retry of a write that did commit (the
-    connection broke before the answer) is recognised and not written twice.
+    Each stream's row only matches while it is streaming and its last seq is the one
+    before ``first_seq``, which keeps seqs gapless and stops a driver whose stream was
+    settled (or deleted) by someone else. One UPDATE advances every stream under its
+    own guard; only when some did not match is each looked at apart, and a retry of a
+    write that did commit (the connection broke before the answer) is recognised and
+    not written twice.
     """
-    now = timezone.now()
-    lease = _lease_from(now)
-    accepted: dict[str, bool] = {}
-    rows: list[Chunk] = []
-    for write in writes:
-        changes: dict[str, Any] = {"last_seq": write.last_seq, "lease_expires_at": lease}
-        if write.first_token_at is not None:
-            changes["first_token_at"] = write.first_token_at
-        updated = Stream.objects.filter(
-            id=write.stream_id, status=Status.STREAMING, last_seq=write.first_seq - 1
-        ).update(**changes, updated_at=now)
-        if updated:
-            rows.extend(_chunk_rows(write.stream_id, write.first_seq, write.batches))
-            accepted[write.stream_id] = True
-        else:
-            row = Stream.objects.filter(id=write.stream_id).values("status", "last_seq").first()
-            accepted[write.stream_id] = bool(
-                row and row["status"] == Status.STREAMING and row["last_seq"] == write.last_seq
-            )
-    Chunk.objects.bulk_create(rows)
+    if not writes:
+        return {}
+    if _advance(writes) == len(writes):
+        accepted, advanced = dict.fromkeys((w.stream_id for w in writes), True), writes
+    else:
+        accepted, advanced = _which_advanced(writes)
+    Chunk.objects.bulk_create(
+        [row for w in advanced for row in _chunk_rows(w.stream_id, w.first_seq, w.batches)]
+    )
     return accepted
+
+
+def _advance(writes: Sequence[ChunkWrite]) -> int:
+    """One guarded UPDATE of every write's stream (last seq, lease, first token): the
+    number of streams it advanced."""
+    now = timezone.now()
+    guard = Q()
+    for write in writes:
+        guard |= Q(id=write.stream_id, last_seq=write.first_seq - 1)
+    changes: dict[str, Any] = {
+        "last_seq": Case(*(When(id=w.stream_id, then=Value(w.last_seq)) for w in writes)),
+        "lease_expires_at": _lease_from(now),
+        "updated_at": now,
+    }
+    if firsts := [w for w in writes if w.first_token_at is not None]:
+        changes["first_token_at"] = Case(
+            *(When(id=w.stream_id, then=Value(w.first_token_at)) for w in firsts),
+            default=F("first_token_at"),
+        )
+    return Stream.objects.filter(guard, status=Status.STREAMING).update(**changes)
+
+
+def _which_advanced(
+    writes: Sequence[ChunkWrite],
+) -> tuple[dict[str, bool], list[ChunkWrite]]:
+    """After an UPDATE that did not advance every stream: each stream's acceptance (it
+    is streaming at the write's last seq), and the writes whose chunks are still to
+    insert (an accepted write without its first chunk is one this UPDATE advanced; one
+    with it is a retry of a write that had committed)."""
+    rows = {
+        str(row["id"]): row
+        for row in Stream.objects.filter(id__in=[w.stream_id for w in writes]).values(
+            "id", "status", "last_seq"
+        )
+    }
+    accepted: dict[str, bool] = {}
+    advanced: list[ChunkWrite] = []
+    for write in writes:
+        row = rows.get(str(uuid.UUID(str(write.stream_id))))
+        accepted[write.stream_id] = ok = bool(
+            row and row["status"] == Status.STREAMING and row["last_seq"] == write.last_seq
+        )
+        first = Chunk.objects.filter(stream_id=write.stream_id, seq=write.first_seq)
+        if ok and not first.exists():
+            advanced.append(write)
+    return accepted, advanced
 
 
 def _chunk_rows(stream_id: StreamId, first_seq: int, batches: Sequence[Batch]) -> list[Chunk]:

@@ -112,6 +112,40 @@ def test_one_append_call_writes_several_streams_each_under_its_own_guard(make_st
     assert accepted == {str(good.id): True, str(stale.id): False}
 
 
+def test_one_update_advances_every_stream_of_an_append(make_stream):
+    streams = [make_stream(claimed=True) for _ in range(3)]
+    writes = [ChunkWrite(str(s.id), 0, [("text", f"{n}. ")]) for n, s in enumerate(streams)]
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        accepted = services.chunks_append(writes=writes)
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1, updates
+    assert set(accepted.values()) == {True}
+    assert sorted(Chunk.objects.values_list("text", flat=True)) == ["0. ", "1. ", "2. "]
+
+
+def test_an_append_of_a_retry_beside_a_new_write_writes_only_the_new_chunks(make_stream):
+    retried, fresh = make_stream(claimed=True), make_stream(claimed=True)
+    assert append(retried, 0, ("text", "A. "))
+    writes = [ChunkWrite(str(retried.id), 0, [("text", "A. ")]),
+              ChunkWrite(str(fresh.id), 0, [("text", "B. ")])]  # fmt: skip
+    with transaction.atomic():
+        accepted = services.chunks_append(writes=writes)
+    assert accepted == {str(retried.id): True, str(fresh.id): True}
+    assert sorted(Chunk.objects.values_list("text", flat=True)) == ["A. ", "B. "]
+    assert Stream.objects.get(id=fresh.id).last_seq == 0
+
+
+def test_the_first_token_time_is_recorded_only_for_the_writes_that_carry_it(make_stream):
+    first, later = make_stream(claimed=True), make_stream(claimed=True)
+    when = timezone.now() - timedelta(seconds=5)
+    writes = [ChunkWrite(str(first.id), 0, [("text", "a")], when),
+              ChunkWrite(str(later.id), 0, [("text", "b")])]  # fmt: skip
+    with transaction.atomic():
+        services.chunks_append(writes=writes)
+    assert Stream.objects.get(id=first.id).first_token_at == when
+    assert Stream.objects.get(id=later.id).first_token_at is None
+
+
 def test_renewing_leases_tells_which_streams_are_no_longer_streaming(make_stream):
     alive, cancelled = make_stream(claimed=True), make_stream(claimed=True)
     services.stream_cancel_now(stream_id=cancelled.id)
