@@ -60,11 +60,12 @@ class Load:
 
     def window(self) -> tuple[float, float]:
         """The steady window when it holds two samples a second apart; else (``steady``
-        false) from the first token to the last."""
+        false) the whole run, from the sample before its prompts to the one after its
+        last answer: a saturated process answers the sampler so late that even the span
+        from the first token to the last may hold fewer than two samples."""
         if self.steady:
             return self._steady_window()
-        arrivals = self._arrivals()
-        return min(a[0] for a in arrivals), max(a[-1] for a in arrivals)
+        return self.samples[0].at, self.samples[-1].at
 
     @property
     def steady(self) -> bool:
@@ -133,6 +134,7 @@ async def _sampler(
         samples.append(await asyncio.to_thread(one))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
+    samples.append(await asyncio.to_thread(one))  # after the run: a whole run's end
 
 
 def _chunk_counts(stream_ids: list[str]) -> dict[str, int]:
@@ -241,8 +243,9 @@ def run(ctx: Context) -> Section:
     section.notes.append(
         "A load marked *whole run* had no steady window (its process was saturated: its "
         "streams never ran together for a second of samples), so its rates are over the "
-        "whole run, from the first token to the last; its write transactions then include "
-        "every prompt's."
+        "whole run, from the sample before its prompts to the one after its last answer "
+        "(its idle edges included, so they read low); its write transactions then "
+        "include every prompt's."
     )
     section.notes.append(
         "Write transactions of the process besides the writer's rounds are its prompts' "
