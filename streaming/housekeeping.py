@@ -76,9 +76,9 @@ def streams_reap() -> int:
     """Settle every pending or streaming stream whose lease expired as ``timeout``, and
     return how many were settled. Chunks are kept.
 
-    Each stream goes through ``stream_settle_if_expired`` (``stream_finish`` with
-    ``only_if_expired``), the path every final status takes: the adapter copies the text
-    into the project's rows and the status frame goes out after the commit. The UPDATE
+    Each stream goes through ``stream_settle_if_expired``, which ends it as every final
+    status is ended (``services._finalize``, then ``_compact``): the adapter copies the
+    text into the project's rows and the status frame goes out after the commit. The UPDATE
     re-checks the lease, so a driver that renewed it in the meantime keeps its stream.
     The caller reports the count (the command prints it, the scheduled task logs it).
     """
