@@ -25,7 +25,7 @@ from bench import helpers
 from bench.clients import drive
 from bench.helpers import Context, Goal, Section, Table, median, num, percentile, spread
 from bench.invariants import Violations, add_invariants
-from bench.token_path import one_run
+from bench.token_path import one_run, open_drivers
 
 PROMPTS = 100
 #: Prompts sent one after the other on each side, for the CPU a prompt costs: enough
@@ -50,15 +50,7 @@ async def cpu_per_prompt(
     other on sockets opened beforehand: what a prompt costs the process besides its
     tokens (its frame, its rows, its request to the LLM server, its end), without a
     burst's queueing."""
-    count = len(clients)
-    if side == "echo":
-        paths, cookies = ["/bench/echo/llm/"] * count, [None] * count
-    else:
-        paths = await sync_to_async(helpers.conversation_paths)(clients)
-        cookies = [c.cookie for c in clients]
-    sockets = await helpers.connect_many(
-        count, lambda i: helpers.ws_connect(server, paths[i], cookies[i])
-    )
+    sockets = await open_drivers(server, side, clients, via_llm=True)
     try:
         before = server.cpu_seconds()
         drives = [
@@ -71,7 +63,7 @@ async def cpu_per_prompt(
     for d in drives:
         d.check.verify(d.expected, tokens=True, chunks=side != "echo")
     violations.add_checks(f"one at a time, {side}", [d.check for d in drives])
-    return spent / count * 1000
+    return spent / len(clients) * 1000
 
 
 async def _measure(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from asgiref.sync import sync_to_async
 
@@ -74,6 +75,22 @@ class Run:
         return count / (end - begin)
 
 
+async def open_drivers(
+    server: helpers.BenchServer, side: str, clients: list[helpers.Client], *, via_llm: bool
+) -> list[Any]:
+    """A driver socket per client: echo sockets (fed by the provider ``via_llm``), or
+    the chat sockets of each client's conversation."""
+    if side == "echo":
+        paths: list[str] = ["/bench/echo/llm/" if via_llm else "/bench/echo/"] * len(clients)
+        cookies: list[str | None] = [None] * len(clients)
+    else:
+        paths = await sync_to_async(helpers.conversation_paths)(clients)
+        cookies = [c.cookie for c in clients]
+    return await helpers.connect_many(
+        len(clients), lambda i: helpers.ws_connect(server, paths[i], cookies[i])
+    )
+
+
 async def one_run(
     server: helpers.BenchServer,
     *,
@@ -90,15 +107,7 @@ async def one_run(
     """``streams`` prompts at once (or spread over ``stagger`` seconds), on echo sockets
     or on chat sockets of one user each; the invariants of every stream are checked.
     With ``llm``, the tokens come from that server through the ``openai`` provider."""
-    if side == "echo":
-        paths: list[str] = ["/bench/echo/llm/" if llm else "/bench/echo/"] * streams
-        cookies: list[str | None] = [None] * streams
-    else:
-        paths = await sync_to_async(helpers.conversation_paths)(clients[:streams])
-        cookies = [c.cookie for c in clients[:streams]]
-    sockets = await helpers.connect_many(
-        streams, lambda i: helpers.ws_connect(server, paths[i], cookies[i])
-    )
+    sockets = await open_drivers(server, side, clients[:streams], via_llm=llm is not None)
     prompts = [f"bench pace={pace:g} {options} {tag} stream={i}" for i in range(streams)]
     delays = [stagger * i / streams for i in range(streams)]
     try:
