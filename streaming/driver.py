@@ -227,6 +227,7 @@ class Generation:
         self.pending: list[Batch] = []
         self.inflight: services.ChunkWrite | None = None
         self.next_seq = 0
+        self.written_parts: dict[str, list[str]] = {part: [] for part in PARTS}
         self.renewed_at = time.monotonic()
         self.failing_since: float | None = None
         self.first_token_at: datetime | None = None
@@ -388,9 +389,12 @@ class Generation:
         status, error, report = self.ending
         tail = [] if self.write_error is not None else self.pending
         first_token_at = None if self.first_token_written else self.first_token_at
-        return End(status, error, report, tail, self.next_seq, first_token_at)
+        written = {part: "".join(texts) for part, texts in self.written_parts.items()}
+        return End(status, error, report, tail, self.next_seq, first_token_at, written)
 
     def written(self, write: services.ChunkWrite) -> None:
+        for part, text in write.batches:
+            self.written_parts[part].append(text)
         self.next_seq = write.last_seq + 1
         self.inflight = None
         self.failing_since = None

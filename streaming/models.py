@@ -103,7 +103,7 @@ class Chunk(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["stream", "seq"]
+        ordering = ["stream_id", "seq"]
         constraints = [
             models.UniqueConstraint(fields=["stream", "seq"], name="chunk_unique_stream_seq")
         ]

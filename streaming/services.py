@@ -9,7 +9,7 @@ only after the commit of the rows they describe.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -252,10 +252,18 @@ def stream_end(
     tail: Sequence[Batch] = (),
     report: Finish | None = None,
     first_token_at: datetime | None = None,
+    written: Mapping[str, str] | None = None,
 ) -> Stream | None:
     """The driver's end: its last batches (chunks ``first_seq``, …, guarded like
     ``chunks_append``) and the final status, in the caller's transaction; None when the
-    stream was no longer the driver's to end. The caller announces the frames."""
+    stream was no longer the driver's to end. The caller announces the frames.
+
+    ``written`` is the text of chunks ``0`` to ``first_seq - 1`` per part, as the driver
+    wrote them. With it the compacted text is that plus the tail, set by the finalizing
+    UPDATE itself (guarded by the last seq too), and no chunk is read back. Without it,
+    or when the last seq is not the driver's (a write it gave up on did commit), the
+    chunks are compacted.
+    """
     guard: dict[str, Any] = {"status": Status.STREAMING}
     changes: dict[str, Any] = {}
     if tail:
@@ -270,6 +278,17 @@ def stream_end(
         finish_reason=final_finish_reason(status, report.finish_reason),
         **{name: usage.get(name) for name in USAGE_FIELDS},
     )
+    if written is not None:
+        whole = {part: written.get(part, "") for part in (TEXT, REASONING)}
+        for part, text in tail:
+            whole[part] += text
+        known = {**guard, "last_seq": first_seq - 1}
+        compacted = {**changes, **_compacted(whole[TEXT], whole[REASONING])}
+        if _finalize(stream_id, known, status=status, error=error, changes=compacted):
+            Chunk.objects.bulk_create(_chunk_rows(stream_id, first_seq, tail))
+            return _finished(stream_id)
+        if tail:
+            return None
     if not _finalize(stream_id, guard, status=status, error=error, changes=changes):
         return None
     Chunk.objects.bulk_create(_chunk_rows(stream_id, first_seq, tail))
@@ -336,25 +355,34 @@ def _finalize(
 
 
 def _compact(stream_id: StreamId) -> Stream:
-    """Copy the whole text and reasoning into the final row (reading it is then one row,
-    and the chunks may go), with the digests a client verifies; then the project's hook,
-    in the same transaction."""
+    """Copy the whole text and reasoning into the final row from its chunks (reading it
+    is then one row, and the chunks may go); then the project's hook."""
     parts: dict[str, list[str]] = {TEXT: [], REASONING: []}
     for part, text in (
         Chunk.objects.filter(stream_id=stream_id).order_by("seq").values_list("part", "text")
     ):
         parts[part].append(text)
-    text, reasoning = "".join(parts[TEXT]), "".join(parts[REASONING])
+    compacted = _compacted("".join(parts[TEXT]), "".join(parts[REASONING]))
+    Stream.objects.filter(id=stream_id).update(**compacted)
+    return _finished(stream_id)
+
+
+def _compacted(text: str, reasoning: str) -> dict[str, Any]:
+    """The final row's text and reasoning, with the digests a client verifies."""
     length, sha256 = text_digest(text)
     reasoning_length, reasoning_sha256 = text_digest(reasoning)
-    Stream.objects.filter(id=stream_id).update(
-        text=text,
-        length=length,
-        sha256=sha256,
-        reasoning=reasoning,
-        reasoning_length=reasoning_length,
-        reasoning_sha256=reasoning_sha256,
-    )
+    return {
+        "text": text,
+        "length": length,
+        "sha256": sha256,
+        "reasoning": reasoning,
+        "reasoning_length": reasoning_length,
+        "reasoning_sha256": reasoning_sha256,
+    }
+
+
+def _finished(stream_id: StreamId) -> Stream:
+    """The final row, after the project's hook ran on it in the same transaction."""
     stream = Stream.objects.get(id=stream_id)
     get_adapter().stream_finished(stream)
     return stream

@@ -57,6 +57,8 @@ class End:
     tail: list[Batch]
     first_seq: int
     first_token_at: datetime | None
+    #: The text of the chunks before ``first_seq`` per part, as the driver wrote them.
+    written: dict[str, str]
 
 
 @dataclass
@@ -122,6 +124,7 @@ def _end_or_recognise(stream_id: str, end: End) -> Stream | None:
         tail=end.tail,
         report=end.report,
         first_token_at=end.first_token_at,
+        written=end.written,
     )
     if stream is not None:
         return stream

@@ -25,11 +25,24 @@ def append(stream, first_seq: int, *batches: tuple[str, str]) -> bool:
         return services.chunks_append(writes=[write])[str(stream.id)]
 
 
-def end(stream, status=Status.DONE, *, first_seq=0, tail=(), report=None):
+def end(stream, status=Status.DONE, *, first_seq=0, tail=(), report=None, written=None):
     with transaction.atomic():
         return services.stream_end(
-            stream_id=stream.id, status=status, first_seq=first_seq, tail=list(tail), report=report
+            stream_id=stream.id,
+            status=status,
+            first_seq=first_seq,
+            tail=list(tail),
+            report=report,
+            written=written,
         )
+
+
+def driver_text(stream) -> dict[str, str]:
+    """The text of a stream's chunks per part, as its driver would have kept it."""
+    parts = {"text": "", "reasoning": ""}
+    for part, text in Chunk.objects.filter(stream=stream).values_list("part", "text"):
+        parts[part] += text
+    return parts
 
 
 def test_second_claim_loses_when_first_claim_won(make_stream):
@@ -175,6 +188,38 @@ def test_an_end_whose_tail_does_not_follow_the_last_seq_changes_nothing(make_str
     stream = make_stream(claimed=True)
     assert end(stream, first_seq=4, tail=[("text", "x")]) is None
     assert Stream.objects.get(id=stream.id).status == "streaming"
+
+
+def test_an_end_given_the_drivers_text_compacts_it_without_reading_the_chunks(make_stream):
+    stream = make_stream(claimed=True)
+    append(stream, 0, ("reasoning", "Think. "), ("text", "One. "))
+    written = driver_text(stream)
+    with CaptureQueriesContext(connection) as queries:
+        final = end(stream, first_seq=2, tail=[("text", "Two.")], written=written)
+    assert (final.text, final.reasoning, final.last_seq) == ("One. Two.", "Think. ", 2)
+    assert (final.length, final.sha256) == text_digest("One. Two.")
+    chunk_reads = [q for q in queries if q["sql"].startswith("SELECT") and "chunk" in q["sql"]]
+    updates = [q for q in queries if q["sql"].startswith("UPDATE")]
+    assert (chunk_reads, len(updates)) == ([], 1)
+
+
+def test_an_end_after_a_write_the_driver_gave_up_on_did_commit_compacts_the_chunks(make_stream):
+    stream = make_stream(claimed=True)
+    append(stream, 0, ("text", "Saved after all. "))
+    final = end(stream, Status.ERROR, first_seq=0, written={"text": "", "reasoning": ""})
+    assert (final.status, final.text, final.last_seq) == ("error", "Saved after all. ", 0)
+
+
+def test_an_end_given_the_drivers_text_whose_tail_does_not_follow_changes_nothing(make_stream):
+    stream = make_stream(claimed=True)
+    final = end(stream, first_seq=4, tail=[("text", "x")], written={"text": "", "reasoning": ""})
+    assert final is None
+    assert Stream.objects.get(id=stream.id).status == "streaming"
+
+
+def test_a_streams_chunks_in_their_default_order_are_read_without_a_join(make_stream):
+    stream = make_stream(claimed=True)
+    assert " JOIN " not in str(Chunk.objects.filter(stream=stream).query)
 
 
 def test_ending_with_a_status_that_is_not_final_is_refused_with_a_value_error(make_stream):
