@@ -14,10 +14,12 @@ ACTIVE = ("pending", "streaming")
 
 
 def conversation_for(*, user: Any, conversation_id: int) -> Conversation:
-    """The user's conversation, or Http404 (a foreign id is as unknown as a missing one)."""
+    """The user's conversation, or Http404 (a foreign id is as unknown as a missing one).
+    Its owner is ``user``, set on it, so that no prompt fetches the owner again."""
     conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user.pk).first()
     if conversation is None:
         raise Http404("No such conversation.")
+    conversation.owner = user
     return conversation
 
 

@@ -8,9 +8,11 @@ import re
 import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
+from django.utils.functional import SimpleLazyObject
 
 from chatproject.chat import services as chat_services
 from chatproject.chat.models import Message
+from chatproject.chat.selectors import conversation_for
 from chatproject.chat.services import conversation_prompt
 from streaming import Finish, services
 from streaming.core.lifecycle import Status
@@ -53,7 +55,11 @@ def test_a_prompts_rows_and_its_streams_claim_commit_in_one_transaction(conversa
     assert prompt.created and prompt.answer.prompt_id == prompt.question.pk
 
 
-def test_a_prompt_costs_seven_statements_without_savepoint_or_join(conversation):
+def test_a_prompt_costs_seven_statements_without_savepoint_or_join(conversation, user):
+    # As sockets and views read it: their user is a lazy object, the owner is not fetched.
+    conversation = conversation_for(
+        user=SimpleLazyObject(lambda: user), conversation_id=conversation.pk
+    )
     with CaptureQueriesContext(connections["default"]) as queries:
         prompt = conversation_prompt(conversation=conversation, text="Hi")
     services.take_claim(str(prompt.answer.stream_id))
