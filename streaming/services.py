@@ -16,8 +16,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from streaming.adapter import get_adapter
@@ -179,22 +178,41 @@ def chunks_append(*, writes: Sequence[ChunkWrite]) -> dict[str, bool]:
 
 def _advance(writes: Sequence[ChunkWrite]) -> int:
     """One guarded UPDATE of every write's stream (last seq, lease, first token): the
-    number of streams it advanced."""
+    number of streams it advanced.
+
+    Written as SQL (portable: a CASE and a guard of ORs): built by the ORM, each
+    stream's When and Q were resolved apart, about 250 µs of CPU per stream, so a round
+    of 300 streams cost 77 ms before reaching the database."""
+    connection = connections[router.db_for_write(Stream)]
+    quote = connection.ops.quote_name
+    fields = {field.name: field for field in Stream._meta.concrete_fields}
+    columns = {field.name: quote(field.column) for field in fields.values() if field.column}
+
+    def prep(name: str, value: Any) -> Any:
+        return fields[name].get_db_prep_value(value, connection)
+
     now = timezone.now()
-    guard = Q()
-    for write in writes:
-        guard |= Q(id=write.stream_id, last_seq=write.first_seq - 1)
-    changes: dict[str, Any] = {
-        "last_seq": Case(*(When(id=w.stream_id, then=Value(w.last_seq)) for w in writes)),
-        "lease_expires_at": _lease_from(now),
-        "updated_at": now,
-    }
-    if firsts := [w for w in writes if w.first_token_at is not None]:
-        changes["first_token_at"] = Case(
-            *(When(id=w.stream_id, then=Value(w.first_token_at)) for w in firsts),
-            default=F("first_token_at"),
+    ids = [prep("id", w.stream_id) for w in writes]
+    pk, last_seq, first_token = columns["id"], columns["last_seq"], columns["first_token_at"]
+    sets = [f"{last_seq} = CASE {pk}{' WHEN %s THEN %s' * len(writes)} END"]
+    params: list[Any] = [p for i, w in zip(ids, writes, strict=True) for p in (i, w.last_seq)]
+    sets += [f"{columns['lease_expires_at']} = %s", f"{columns['updated_at']} = %s"]
+    params += [prep("lease_expires_at", _lease_from(now)), prep("updated_at", now)]
+    if firsts := [(i, w) for i, w in zip(ids, writes, strict=True) if w.first_token_at is not None]:
+        sets.append(
+            f"{first_token} = CASE {pk}{' WHEN %s THEN %s' * len(firsts)} ELSE {first_token} END"
         )
-    return Stream.objects.filter(guard, status=Status.STREAMING).update(**changes)
+        params += [p for i, w in firsts for p in (i, prep("first_token_at", w.first_token_at))]
+    guard = " OR ".join([f"({pk} = %s AND {last_seq} = %s)"] * len(writes))
+    params += [prep("status", str(Status.STREAMING))]
+    params += [p for i, w in zip(ids, writes, strict=True) for p in (i, w.first_seq - 1)]
+    sql = (
+        f"UPDATE {quote(Stream._meta.db_table)} SET {', '.join(sets)}"
+        f" WHERE {columns['status']} = %s AND ({guard})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _which_advanced(

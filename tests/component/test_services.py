@@ -8,6 +8,9 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from streaming import StreamError, delete_stream, services
 from streaming.core.deltas import Finish
@@ -146,6 +149,57 @@ def test_an_append_of_a_retry_beside_a_new_write_writes_only_the_new_chunks(make
     assert accepted == {str(retried.id): True, str(fresh.id): True}
     assert sorted(Chunk.objects.values_list("text", flat=True)) == ["A. ", "B. "]
     assert Stream.objects.get(id=fresh.id).last_seq == 0
+
+
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["follows", "retry", "gap"]),
+            st.integers(1, 3),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_an_append_advances_exactly_the_streams_whose_write_follows_their_last_seq(
+    make_stream, shapes
+):
+    """Each shape: the chunks a stream has, its write (the next seqs; a retry of its last
+    write, which had committed; or past a gap), its batch count, whether it carries the
+    first token's time. Only a following write advances; a retry is accepted as is."""
+    first_token_at = timezone.now() - timedelta(seconds=5)
+    writes, expected = [], {}
+    for had, kind, count, carries in shapes:
+        stream = make_stream(claimed=True, owner=None)
+        if had:
+            append(stream, 0, *[("text", "x")] * had)
+        if kind == "retry" and had:
+            count = min(count, had)
+            first_seq = had - count
+        else:
+            kind, first_seq = ("gap", had + 1) if kind == "gap" else ("follows", had)
+        batches = [("text", f"{n}. ") for n in range(count)]
+        writes.append(
+            ChunkWrite(str(stream.id), first_seq, batches, first_token_at if carries else None)
+        )
+        last_seq = first_seq + count - 1 if kind == "follows" else had - 1
+        expected[str(stream.id)] = (kind != "gap", last_seq, kind == "follows" and carries)
+    with transaction.atomic():
+        accepted = services.chunks_append(writes=writes)
+    rows = {str(r.id): r for r in Stream.objects.filter(id__in=list(expected))}
+    found = {
+        sid: (accepted[sid], rows[sid].last_seq, rows[sid].first_token_at == first_token_at)
+        for sid in expected
+    }
+    assert found == expected
+    for sid, (_, last_seq, _) in expected.items():
+        seqs = Chunk.objects.filter(stream_id=sid).values_list("seq", flat=True)
+        assert list(seqs) == list(range(last_seq + 1))
 
 
 def test_the_first_token_time_is_recorded_only_for_the_writes_that_carry_it(make_stream):
