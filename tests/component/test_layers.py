@@ -71,3 +71,34 @@ async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(priv
             await asyncio.sleep(0.2)
     assert received.result() == {"type": "hello"}
     await layer.flush()
+
+
+async def test_a_group_send_reaches_each_member_but_one_at_its_capacity(private_redis):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], channel_capacity={"full*": 1})
+    roomy, full = await layer.new_channel(), await layer.new_channel("full")
+    for channel in (roomy, full):
+        await layer.group_add("room", channel)
+    await layer.group_send("room", {"type": "first"})
+    await layer.group_send("room", {"type": "second"})
+    got = [await layer.receive(roomy), await layer.receive(roomy), await layer.receive(full)]
+    assert got == [{"type": "first"}, {"type": "second"}, {"type": "first"}]
+    await layer.group_send("room", {"type": "third"})  # full has room again
+    assert await layer.receive(full) == {"type": "third"}
+    await layer.flush()
+
+
+async def test_a_group_send_skips_members_whose_membership_expired(private_redis):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], group_expiry=60)
+    gone, here = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("room", gone)
+    await layer.group_add("room", here)
+    key = layer._group_key("room")
+    async with layer.connection(layer.consistent_hash("room")) as redis:
+        await redis.zadd(key, {gone: time.time() - 61})  # joined longer ago than the expiry
+    await layer.group_send("room", {"type": "hello"})
+    assert await layer.receive(here) == {"type": "hello"}
+    async with layer.connection(layer.consistent_hash("room")) as redis:
+        assert await redis.zrange(key, 0, -1) == [here.encode()]
+    await layer.flush()
