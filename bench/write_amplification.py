@@ -258,7 +258,7 @@ def _append(write: object) -> None:
     assert all(accepted.values()), accepted
 
 
-def _end(stream_id: str, first_seq: int, tail: list[tuple[str, str]]) -> object:
+def _end(stream_id: str, first_seq: int, tail: list[tuple[str, str]], written: str) -> object:
     from django.db import transaction
 
     from streaming import services
@@ -266,7 +266,11 @@ def _end(stream_id: str, first_seq: int, tail: list[tuple[str, str]]) -> object:
 
     with transaction.atomic():
         return services.stream_end(
-            stream_id=stream_id, status=Status.DONE, first_seq=first_seq, tail=tail
+            stream_id=stream_id,
+            status=Status.DONE,
+            written={"text": written},
+            first_seq=first_seq,
+            tail=tail,
         )
 
 
@@ -291,7 +295,8 @@ def replay(batch: list[Answer]) -> dict[str, dict[str, list[float]]]:
             await aannounce(stream.group, chunk_frames(stream_id, seq, batches))
             seq += len(batches)
         tail = [("text", text) for text in plan.tail]
-        finished = await run_in_db(_end, stream_id, seq, tail)
+        written = "".join(text for texts in plan.writes for text in texts)
+        finished = await run_in_db(_end, stream_id, seq, tail, written)
         await aannounce(stream.group, [*chunk_frames(stream_id, seq, tail),
                                        status_frame(finished)])  # fmt: skip
 

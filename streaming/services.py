@@ -265,27 +265,25 @@ def stream_end(
     *,
     stream_id: StreamId,
     status: Status,
+    written: Mapping[str, str],
     error: str = "",
     first_seq: int = 0,
     tail: Sequence[Batch] = (),
     report: Finish | None = None,
     first_token_at: datetime | None = None,
-    written: Mapping[str, str] | None = None,
 ) -> Stream | None:
     """The driver's end: its last batches (chunks ``first_seq``, …, guarded like
     ``chunks_append``) and the final status, in the caller's transaction; None when the
     stream was no longer the driver's to end. The caller announces the frames.
 
     ``written`` is the text of chunks ``0`` to ``first_seq - 1`` per part, as the driver
-    wrote them. With it the compacted text is that plus the tail, set by the finalizing
-    UPDATE itself (guarded by the last seq too), and no chunk is read back. Without it,
-    or when the last seq is not the driver's (a write it gave up on did commit), the
-    chunks are compacted.
+    wrote them. The compacted text is that plus the tail, set by the finalizing UPDATE
+    itself (guarded by the last seq), so no chunk is read back. Only when the last seq
+    is not the driver's and there is no tail (a write it gave up on did commit) are the
+    chunks compacted instead.
     """
-    guard: dict[str, Any] = {"status": Status.STREAMING}
     changes: dict[str, Any] = {}
     if tail:
-        guard["last_seq"] = first_seq - 1
         changes["last_seq"] = first_seq + len(tail) - 1
     if first_token_at is not None:
         changes["first_token_at"] = first_token_at
@@ -296,20 +294,17 @@ def stream_end(
         finish_reason=final_finish_reason(status, report.finish_reason),
         **{name: usage.get(name) for name in USAGE_FIELDS},
     )
-    if written is not None:
-        whole = {part: written.get(part, "") for part in (TEXT, REASONING)}
-        for part, text in tail:
-            whole[part] += text
-        known = {**guard, "last_seq": first_seq - 1}
-        compacted = {**changes, **_compacted(whole[TEXT], whole[REASONING])}
-        if _finalize(stream_id, known, status=status, error=error, changes=compacted):
-            Chunk.objects.bulk_create(_chunk_rows(stream_id, first_seq, tail))
-            return _finished(stream_id)
-        if tail:
-            return None
-    if not _finalize(stream_id, guard, status=status, error=error, changes=changes):
+    whole = {part: written.get(part, "") for part in (TEXT, REASONING)}
+    for part, text in tail:
+        whole[part] += text
+    compacted = {**changes, **_compacted(whole[TEXT], whole[REASONING])}
+    at_drivers_seq = {"status": Status.STREAMING, "last_seq": first_seq - 1}
+    if _finalize(stream_id, at_drivers_seq, status=status, error=error, changes=compacted):
+        Chunk.objects.bulk_create(_chunk_rows(stream_id, first_seq, tail))
+        return _finished(stream_id)
+    streaming = {"status": Status.STREAMING}
+    if tail or not _finalize(stream_id, streaming, status=status, error=error, changes=changes):
         return None
-    Chunk.objects.bulk_create(_chunk_rows(stream_id, first_seq, tail))
     return _compact(stream_id)
 
 

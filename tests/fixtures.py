@@ -19,6 +19,23 @@ from tests.fake_llm import fake_llm  # noqa: F401  (fixture)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def parts_of(batches) -> dict[str, str]:
+    """The text of ``(part, text)`` batches per part: what a driver that wrote them as a
+    stream's first chunks holds for ``stream_end``."""
+    parts: dict[str, str] = {}
+    for part, text in batches:
+        parts[part] = parts.get(part, "") + text
+    return parts
+
+
+def chunks_text(stream_id) -> dict[str, str]:
+    """The text of a stream's chunks per part, as a driver whose every write was
+    acknowledged holds it for ``stream_end``."""
+    from streaming.models import Chunk
+
+    return parts_of(Chunk.objects.filter(stream_id=stream_id).values_list("part", "text"))
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip a test whose service is missing; under CI=true, fail it instead."""
     if condition:

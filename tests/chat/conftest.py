@@ -20,6 +20,7 @@ from streaming import Finish, services
 from streaming.core.deltas import TEXT
 from streaming.core.lifecycle import Status
 from streaming.models import Stream
+from tests.fixtures import parts_of
 
 
 @pytest.fixture
@@ -55,7 +56,11 @@ def persist_answer(
     if final:
         with transaction.atomic():
             ended = services.stream_end(
-                stream_id=stream_id, status=final, first_seq=len(batches), report=report
+                stream_id=stream_id,
+                status=final,
+                written=parts_of(batches),
+                first_seq=len(batches),
+                report=report,
             )
         assert ended is not None
     prompt.answer.refresh_from_db()
@@ -125,7 +130,12 @@ def answer_in(chat_owner: Any, settings: Any) -> Callable[..., Message]:
             batches = [(TEXT, text) for text in chunks]
             services.chunks_append(writes=[services.ChunkWrite(stream_id, 0, batches)])
             if status.is_final:
-                services.stream_end(stream_id=stream_id, status=status)
+                services.stream_end(
+                    stream_id=stream_id,
+                    status=status,
+                    written=parts_of(batches),
+                    first_seq=len(batches),
+                )
         now = timezone.now()
         aged: dict[str, Any] = {"lease_expires_at": now + lease_in}
         if status.is_final:

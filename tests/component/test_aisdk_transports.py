@@ -24,6 +24,7 @@ from streaming.models import Chunk, Stream
 from streaming.services import ChunkWrite
 from tests.component.app import words
 from tests.component.test_aisdk import assemble, joined, received
+from tests.fixtures import parts_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,7 +106,11 @@ def final_stream(owner, *batches, report=None) -> Stream:
     with transaction.atomic():
         services.chunks_append(writes=[ChunkWrite(str(stream.id), 0, list(batches))])
         services.stream_end(
-            stream_id=stream.id, status=Status.DONE, first_seq=len(batches), report=report
+            stream_id=stream.id,
+            status=Status.DONE,
+            written=parts_of(batches),
+            first_seq=len(batches),
+            report=report,
         )
     return stream
 

@@ -17,6 +17,7 @@ from streaming.core.lifecycle import Status
 from streaming.frames import aannounce, chunk_frames, status_frame
 from streaming.models import Stream
 from streaming.services import ChunkWrite
+from tests.fixtures import parts_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -195,7 +196,11 @@ async def test_a_resume_far_behind_gets_one_snapshot_then_the_live_chunks(
     assert (snapshot["text"], snapshot["reasoning"], snapshot["last_seq"]) == ("A. B. ", "R. ", 2)
     final = await sync_to_async(
         lambda: transaction.atomic()(services.stream_end)(
-            stream_id=stream.id, status=Status.DONE, first_seq=3, tail=[("text", "C.")]
+            stream_id=stream.id,
+            status=Status.DONE,
+            written=parts_of(writes[0].batches),
+            first_seq=3,
+            tail=[("text", "C.")],
         )
     )()
 

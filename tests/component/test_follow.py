@@ -11,6 +11,7 @@ from streaming.core.lifecycle import Status
 from streaming.follow import Follower
 from streaming.frames import active_status_frame, chunk_frame, status_frame
 from streaming.services import ChunkWrite
+from tests.fixtures import chunks_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,7 +26,12 @@ def append(stream, first_seq: int, *texts: str) -> None:
 @sync_to_async
 def finish(stream, first_seq: int):
     with transaction.atomic():
-        return services.stream_end(stream_id=stream.id, status=Status.DONE, first_seq=first_seq)
+        return services.stream_end(
+            stream_id=stream.id,
+            status=Status.DONE,
+            written=chunks_text(stream.id),
+            first_seq=first_seq,
+        )
 
 
 def texts(frames) -> list[tuple[str, object]]:

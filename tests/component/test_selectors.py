@@ -10,6 +10,7 @@ from streaming.core.lifecycle import Status
 from streaming.models import Chunk
 from streaming.selectors import Snapshot, active_stream_bodies, body_of, catch_up
 from streaming.services import ChunkWrite
+from tests.fixtures import chunks_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,7 +22,12 @@ def append(stream, first_seq: int, *batches: tuple[str, str]) -> None:
 
 def finish(stream, first_seq: int) -> None:
     with transaction.atomic():
-        services.stream_end(stream_id=stream.id, status=Status.DONE, first_seq=first_seq)
+        services.stream_end(
+            stream_id=stream.id,
+            status=Status.DONE,
+            written=chunks_text(stream.id),
+            first_seq=first_seq,
+        )
 
 
 @pytest.fixture

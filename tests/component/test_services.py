@@ -18,6 +18,7 @@ from streaming.core.lifecycle import Status, text_digest
 from streaming.models import Chunk, Stream
 from streaming.services import ChunkWrite
 from tests.component import app
+from tests.fixtures import chunks_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,6 +30,8 @@ def append(stream, first_seq: int, *batches: tuple[str, str]) -> bool:
 
 
 def end(stream, status=Status.DONE, *, first_seq=0, tail=(), report=None, written=None):
+    """The driver's end; ``written`` defaults to the stream's chunks."""
+    written = chunks_text(stream.id) if written is None else written
     with transaction.atomic():
         return services.stream_end(
             stream_id=stream.id,
@@ -38,14 +41,6 @@ def end(stream, status=Status.DONE, *, first_seq=0, tail=(), report=None, writte
             report=report,
             written=written,
         )
-
-
-def driver_text(stream) -> dict[str, str]:
-    """The text of a stream's chunks per part, as its driver would have kept it."""
-    parts = {"text": "", "reasoning": ""}
-    for part, text in Chunk.objects.filter(stream=stream).values_list("part", "text"):
-        parts[part] += text
-    return parts
 
 
 def test_second_claim_loses_when_first_claim_won(make_stream):
@@ -247,7 +242,7 @@ def test_an_end_whose_tail_does_not_follow_the_last_seq_changes_nothing(make_str
 def test_an_end_given_the_drivers_text_compacts_it_without_reading_the_chunks(make_stream):
     stream = make_stream(claimed=True)
     append(stream, 0, ("reasoning", "Think. "), ("text", "One. "))
-    written = driver_text(stream)
+    written = chunks_text(stream.id)
     with CaptureQueriesContext(connection) as queries:
         final = end(stream, first_seq=2, tail=[("text", "Two.")], written=written)
     assert (final.text, final.reasoning, final.last_seq) == ("One. Two.", "Think. ", 2)

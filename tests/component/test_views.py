@@ -12,6 +12,7 @@ from streaming import Finish, services
 from streaming.core.lifecycle import Status
 from streaming.models import Stream
 from streaming.services import ChunkWrite
+from tests.fixtures import parts_of
 from tests.servers import SseClient, WsClient, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,7 +34,11 @@ def stream_with_chunks(owner, *batches, final: bool = False, report=None, group=
             services.chunks_append(writes=[ChunkWrite(str(stream.id), 0, list(batches))])
         if final:
             services.stream_end(
-                stream_id=stream.id, status=Status.DONE, first_seq=len(batches), report=report
+                stream_id=stream.id,
+                status=Status.DONE,
+                written=parts_of(batches),
+                first_seq=len(batches),
+                report=report,
             )
     return stream
 

@@ -24,7 +24,9 @@ def user_with_streams() -> tuple[str, str, str]:
     user = get_user_model().objects.create_user("ann", password="pw")
     final = services.stream_create(group="pool.test", owner=user, claimed=True)
     with transaction.atomic():
-        services.stream_end(stream_id=final.id, status=Status.DONE, tail=[("text", "Done.")])
+        services.stream_end(
+            stream_id=final.id, status=Status.DONE, written={}, tail=[("text", "Done.")]
+        )
     live = services.stream_create(group="pool.test", owner=user, claimed=True)
     return session_cookie(user), str(final.id), str(live.id)
 

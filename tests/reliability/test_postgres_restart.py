@@ -27,7 +27,9 @@ pytestmark = [
 def finished_stream(owner) -> str:
     stream = services.stream_create(group="restart.test", owner=owner, claimed=True)
     with transaction.atomic():
-        services.stream_end(stream_id=stream.id, status=Status.DONE, tail=[("text", "Still here.")])
+        services.stream_end(
+            stream_id=stream.id, status=Status.DONE, written={}, tail=[("text", "Still here.")]
+        )
     return str(stream.id)
 
 

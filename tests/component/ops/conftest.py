@@ -16,6 +16,7 @@ from streaming import services
 from streaming.core.deltas import REASONING, TEXT
 from streaming.core.lifecycle import Status
 from streaming.models import Chunk, Stream
+from tests.fixtures import parts_of
 
 MakeStream = Callable[..., Stream]
 
@@ -54,15 +55,19 @@ def stream_in(owner: Any, settings: Any) -> MakeStream:
         stream = services.stream_create(group=group, owner=owner)
         if status != Status.PENDING:
             services.stream_claim(stream_id=stream.id)
+        batches = [(REASONING, text) for text in reasoning] + [(TEXT, text) for text in chunks]
         with transaction.atomic():
-            if chunks or reasoning:
-                batches = [(REASONING, text) for text in reasoning]
-                batches += [(TEXT, text) for text in chunks]
+            if batches:
                 write = services.ChunkWrite(str(stream.id), 0, batches)
                 assert services.chunks_append(writes=[write]) == {str(stream.id): True}
             if status.is_final:
-                error = ERRORS.get(status, "")
-                assert services.stream_end(stream_id=stream.id, status=status, error=error)
+                assert services.stream_end(
+                    stream_id=stream.id,
+                    status=status,
+                    written=parts_of(batches),
+                    error=ERRORS.get(status, ""),
+                    first_seq=len(batches),
+                )
         now = timezone.now()
         aged: dict[str, Any] = {"lease_expires_at": now + lease_in}
         if status.is_final:
