@@ -1,27 +1,35 @@
-"""A channels-redis layer that rides out a Redis outage.
+"""A channels-redis layer that rides out a Redis outage and keeps a process's own
+messages out of Redis.
 
 With the stock layer, a Redis restart kills every consumer of the process: their
 ``receive`` raises, the consumer ends and daphne closes the socket, the driver's socket
 included, so the driver stops getting tokens although generation goes on. And a
 restarted Redis (no persistence) has forgotten every group membership.
 
-This layer retries ``receive`` with backoff instead of raising, and after an outage
-re-adds every group membership this process made. Frames broadcast during the outage are
-lost (delivery is at most once anyway); seq numbers, the consumer mixin's gap repair and
-the clients' ``resume`` recover them.
+This layer receives a process's channels through one pump task per event loop, which
+retries with backoff instead of raising and, after an outage, re-adds every group
+membership this process made. Frames broadcast during the outage are lost (delivery is
+at most once anyway); seq numbers, the consumer mixin's gap repair and the clients'
+``resume`` recover them.
 
-Its ``group_send`` takes two round trips to Redis instead of the stock four: it is sent
-once a writer round for every stream that round wrote.
+Because the pump, not a receiver, waits on Redis, a message for a channel of this
+process is put straight into that channel's buffer: the writer's group message to the
+driver's own socket costs one round trip (the group's members) instead of a delivery
+script, a blocking pop and a clean-up. Members in other processes get it through Redis
+as before, and ``group_send`` takes two round trips instead of the stock four.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from typing import Any
 
+from channels.exceptions import ChannelFull
+from channels_redis.core import ChannelLock
 from channels_redis.core import RedisChannelLayer as CoreRedisChannelLayer
 
 from streaming.outages import LAYER_ERRORS
@@ -50,7 +58,8 @@ return over_capacity
 
 
 class RedisChannelLayer(CoreRedisChannelLayer):
-    """``channels_redis.core.RedisChannelLayer`` whose receive survives Redis restarts."""
+    """``channels_redis.core.RedisChannelLayer`` whose receive survives Redis restarts,
+    and which delivers within the process without Redis."""
 
     max_backoff = 1.0
 
@@ -59,6 +68,11 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         self._memberships: defaultdict[str, set[str]] = defaultdict(set)
         self._needs_rejoin = False
         self._rejoin_lock = asyncio.Lock()
+        #: Per process-local list ("specific.<client prefix>!"), the task that moves its
+        #: messages into the channels' buffers.
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+
+    # --- groups ---------------------------------------------------------------------------
 
     async def group_add(self, group: str, channel: str) -> None:
         self._memberships[group].add(channel)
@@ -73,9 +87,10 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         await self._once_more_on_a_dead_connection(super().group_discard, group, channel)
 
     async def group_send(self, group: str, message: dict) -> None:
-        """The stock ``group_send`` (channels_redis 4.3), in two round trips: the group's
-        trim and members in one pipeline, then per Redis shard one script that trims
-        each channel's expired messages and delivers."""
+        """The stock ``group_send`` (channels_redis 4.3): the group's trim and members in
+        one pipeline; members pumped here get the message in their buffers, the others
+        through one script per Redis shard that trims each channel's expired messages
+        and delivers."""
         assert self.require_valid_group_name(group), "Group name not valid"
         key = self._group_key(group)
         pipe = self.connection(self.consistent_hash(group)).pipeline(transaction=False)
@@ -83,16 +98,17 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         pipe.zrange(key, 0, -1)
         _, members = await pipe.execute()
         channels = [member.decode("utf8") for member in members]
-        by_shard, messages, capacities = self._map_channel_keys_to_connection(channels, message)
+        here = [channel for channel in channels if self._pumped_here(channel)]
+        over = self._deliver_here(here, message) if here else 0
+        there = [channel for channel in channels if channel not in here] if here else channels
+        by_shard, messages, capacities = self._map_channel_keys_to_connection(there, message)
         for shard, keys in by_shard.items():
             now = time.time()
             args = [*(messages[k] for k in keys), *(capacities[k] for k in keys)]
             args += [now, self.expiry, int(now) - int(self.expiry)]
-            over = await self.connection(shard).eval(_GROUP_SEND, len(keys), *keys, *args)
-            if over > 0:
-                logger.info(
-                    "%s of %s channels over capacity in group %s", over, len(channels), group
-                )
+            over += await self.connection(shard).eval(_GROUP_SEND, len(keys), *keys, *args)
+        if over > 0:
+            logger.info("%s of %s channels over capacity in group %s", over, len(channels), group)
 
     @staticmethod
     async def _once_more_on_a_dead_connection(call: Any, *args: str) -> None:
@@ -103,7 +119,62 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         except LAYER_ERRORS:
             await call(*args)
 
+    # --- sending within the process --------------------------------------------------------
+
+    async def send(self, channel: str, message: dict) -> None:
+        """The stock ``send``, but straight into the buffer of a channel pumped here, so a
+        process's sends and group messages to one of its channels keep their order."""
+        if not self._pumped_here(channel):
+            await super().send(channel, message)
+            return
+        assert isinstance(message, dict), "message is not a dict"
+        assert "__asgi_channel__" not in message
+        if self._deliver_here([channel], message):
+            raise ChannelFull()
+
+    def _pumped_here(self, channel: str) -> bool:
+        """Whether a pump of the running event loop receives ``channel``'s messages."""
+        if "!" not in channel:
+            return False
+        pump = self._pumps.get(self.non_local_name(channel))
+        if pump is None or pump.done():
+            return False
+        return pump.get_loop() is asyncio.get_running_loop()
+
+    def _deliver_here(self, channels: list[str], message: dict) -> int:
+        """Put a copy of ``message`` (as Redis would return it) into each channel's
+        buffer, but not over the channel's capacity; how many were over it."""
+        copy = self.deserialize(self.serialize(message))
+        over = 0
+        for channel in channels:
+            buffer = self.receive_buffer[channel]
+            if buffer.qsize() >= self.get_capacity(channel):
+                over += 1
+            else:
+                buffer.put_nowait(copy)
+        return over
+
+    # --- receiving ---------------------------------------------------------------------------
+
     async def receive(self, channel: str) -> dict:
+        """The next message of ``channel``. A process-local channel waits on its buffer,
+        which the loop's pump fills; cancelling the wait loses nothing of other channels."""
+        if "!" not in channel:
+            return await self._receive_retrying(channel)
+        assert self.require_valid_channel_name(channel)
+        real_channel = self.non_local_name(channel)
+        assert real_channel.endswith(self.client_prefix + "!"), "Wrong client prefix"
+        self._start_pump(real_channel)
+        buffer = self.receive_buffer[channel]
+        try:
+            return await buffer.get()
+        except asyncio.CancelledError:
+            # Its consumer ends: drop what it would have read, as the stock layer does.
+            if self.receive_buffer.get(channel) is buffer:
+                del self.receive_buffer[channel]
+            raise
+
+    async def _receive_retrying(self, channel: str) -> dict:
         backoff = 0.2
         while True:
             try:
@@ -111,11 +182,55 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                     await self._rejoin()
                 return await super().receive(channel)
             except LAYER_ERRORS as exc:
-                if not self._needs_rejoin:
-                    logger.warning("channel layer lost Redis (%s); retrying", exc)
-                    self._needs_rejoin = True
+                self._lost_redis(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
+
+    def _start_pump(self, real_channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        pump = self._pumps.get(real_channel)
+        if pump is not None and not pump.done():
+            if pump.get_loop() is loop:
+                return
+            if pump.get_loop().is_running():
+                raise RuntimeError(
+                    "Two event loops are trying to receive() on one channel layer at once!"
+                )
+        if pump is not None:
+            # A receive on a new event loop: the old loop's receivers are gone, and so is
+            # the use of its locks (a pump stopped while it waited holds one for good).
+            for channel in [c for c in self.receive_buffer if c.startswith(real_channel)]:
+                del self.receive_buffer[channel]
+            self.receive_clean_locks = ChannelLock()
+        self._pumps[real_channel] = loop.create_task(
+            self._pump(real_channel), name=f"channel-layer-pump {real_channel}"
+        )
+
+    async def _pump(self, real_channel: str) -> None:
+        """Move every message of this process's list into its channels' buffers, for as
+        long as the loop runs, through any Redis outage."""
+        backoff = 0.2
+        while True:
+            try:
+                if self._needs_rejoin:
+                    await self._rejoin()
+                target, message = await self.receive_single(real_channel)
+            except Exception as exc:  # the process's sockets must not stop receiving
+                if isinstance(exc, LAYER_ERRORS):
+                    self._lost_redis(exc)
+                else:
+                    logger.exception("channel layer: could not receive; retrying")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            backoff = 0.2
+            for channel in target if isinstance(target, list) else [target]:
+                self.receive_buffer[channel].put_nowait(message)
+
+    def _lost_redis(self, exc: BaseException) -> None:
+        if not self._needs_rejoin:
+            logger.warning("channel layer lost Redis (%s); retrying", exc)
+            self._needs_rejoin = True
 
     async def _rejoin(self) -> None:
         """Re-add this process's memberships once Redis answers again (raises while not)."""
@@ -127,3 +242,16 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                 await super().group_add(group, channel)
             self._needs_rejoin = False
             logger.warning("Redis is back; re-added %d group memberships", len(memberships))
+
+    async def close_pools(self) -> None:
+        """Stop this loop's pumps (a later receive starts them again), then close the
+        connections."""
+        loop = asyncio.get_running_loop()
+        mine = [p for p in self._pumps.values() if p.get_loop() is loop and not p.done()]
+        self._pumps = {c: p for c, p in self._pumps.items() if p not in mine}
+        for pump in mine:
+            pump.cancel()
+        for pump in mine:
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        await super().close_pools()

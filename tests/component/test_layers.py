@@ -1,4 +1,6 @@
-"""The component's Redis layer rides out a Redis restart (on a private Redis server)."""
+"""The component's Redis layer (on a private Redis server): it rides out a Redis restart,
+keeps the stock layer's capacity and expiry, and delivers a process's own messages
+without Redis, in order."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import subprocess
 import time
 
 import pytest
+from channels.exceptions import ChannelFull
+from redis import asyncio as aioredis
 
 from streaming.layers import RedisChannelLayer
 from tests.fixtures import require
@@ -53,9 +57,8 @@ def private_redis():
 
 async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(private_redis):
     port, servers, start = private_redis
-    layer = RedisChannelLayer(
-        hosts=[{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": 30}]
-    )
+    hosts = [{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": 30}]
+    layer, other_process = RedisChannelLayer(hosts=hosts), RedisChannelLayer(hosts=hosts)
     channel = await layer.new_channel()
     await layer.group_add("room", channel)
     received = asyncio.create_task(layer.receive(channel))
@@ -67,9 +70,10 @@ async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(priv
     async with asyncio.timeout(20):
         while not received.done():
             with contextlib.suppress(Exception):
-                await layer.group_send("room", {"type": "hello"})
+                await other_process.group_send("room", {"type": "hello"})
             await asyncio.sleep(0.2)
     assert received.result() == {"type": "hello"}
+    await other_process.close_pools()
     await layer.flush()
 
 
@@ -102,3 +106,141 @@ async def test_a_group_send_skips_members_whose_membership_expired(private_redis
     async with layer.connection(layer.consistent_hash("room")) as redis:
         assert await redis.zrange(key, 0, -1) == [here.encode()]
     await layer.flush()
+
+
+async def pumping(layer: RedisChannelLayer) -> asyncio.Task[dict]:
+    """A receive waiting on a channel of the layer's process, so the process receives (as
+    a server with any open socket does); returned once the pump blocks on Redis."""
+    waiting = asyncio.create_task(layer.receive(await layer.new_channel()))
+    async with asyncio.timeout(5), aioredis.from_url(layer.hosts[0]["address"]) as redis:
+        while not any(c["cmd"] == "bzpopmin" for c in await redis.client_list()):
+            await asyncio.sleep(0.01)
+    return waiting
+
+
+async def test_a_group_message_to_a_member_in_the_process_takes_one_redis_call(private_redis):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
+    await pumping(layer)
+    here = await layer.new_channel()
+    await layer.group_add("room", here)
+
+    async def calls() -> int:
+        stats = await redis.info("commandstats")
+        return sum(int(entry["calls"]) for entry in stats.values())
+
+    async with aioredis.from_url(layer.hosts[0]["address"]) as redis:
+        await layer.group_send("room", {"type": "warm"})  # connects (HELLO, CLIENT SETINFO)
+        before = await calls()
+        await layer.group_send("room", {"type": "hello"})
+        after = await calls()
+    assert [await layer.receive(here), await layer.receive(here)] == [
+        {"type": "warm"},
+        {"type": "hello"},
+    ]
+    # The members' pipeline (ZREMRANGEBYSCORE, ZRANGE), and the first INFO itself.
+    assert after - before == 3
+    await layer.flush()
+
+
+async def test_a_group_message_reaches_members_here_and_in_another_process(private_redis):
+    port, _, _ = private_redis
+    hosts = [f"redis://127.0.0.1:{port}/0"]
+    layer, other_process = RedisChannelLayer(hosts=hosts), RedisChannelLayer(hosts=hosts)
+    await pumping(layer)
+    here, there = await layer.new_channel(), await other_process.new_channel()
+    for member, its_layer in ((here, layer), (there, other_process)):
+        await its_layer.group_add("room", member)
+    await layer.group_send("room", {"type": "from here"})
+    await other_process.group_send("room", {"type": "from there"})
+    assert [await layer.receive(here), await layer.receive(here)] == [
+        {"type": "from here"},
+        {"type": "from there"},
+    ]
+    assert [await other_process.receive(there), await other_process.receive(there)] == [
+        {"type": "from here"},
+        {"type": "from there"},
+    ]
+    await other_process.flush()
+    await layer.close_pools()
+
+
+async def test_sends_and_group_messages_to_a_channel_here_arrive_in_the_order_sent(
+    private_redis,
+):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
+    await pumping(layer)
+    here = await layer.new_channel()
+    await layer.group_add("room", here)
+    for n in range(40):
+        if n % 2:
+            await layer.send(here, {"type": "n", "n": n})
+        else:
+            await layer.group_send("room", {"type": "n", "n": n})
+    assert [(await layer.receive(here))["n"] for _ in range(40)] == list(range(40))
+    await layer.flush()
+
+
+async def test_a_member_here_gets_a_copy_as_redis_would_deliver_it(private_redis):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
+    await pumping(layer)
+    here = await layer.new_channel()
+    await layer.group_add("room", here)
+    message = {"type": "frames", "frames": [{"seq": 0}], "pair": (1, 2)}
+    await layer.group_send("room", message)
+    message["frames"].append({"seq": 1})
+    assert await layer.receive(here) == {"type": "frames", "frames": [{"seq": 0}], "pair": [1, 2]}
+    await layer.flush()
+
+
+async def test_a_channel_here_at_its_capacity_misses_group_messages_and_refuses_sends(
+    private_redis,
+):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], channel_capacity={"full*": 1})
+    await pumping(layer)
+    full = await layer.new_channel("full")
+    await layer.group_add("room", full)
+    await layer.group_send("room", {"type": "first"})
+    await layer.group_send("room", {"type": "second"})
+    with pytest.raises(ChannelFull):
+        await layer.send(full, {"type": "third"})
+    assert await layer.receive(full) == {"type": "first"}
+    await layer.send(full, {"type": "fourth"})
+    assert await layer.receive(full) == {"type": "fourth"}
+    await layer.flush()
+
+
+async def test_a_cancelled_receive_loses_no_message_of_another_channel(private_redis):
+    port, _, _ = private_redis
+    hosts = [f"redis://127.0.0.1:{port}/0"]
+    layer, other_process = RedisChannelLayer(hosts=hosts), RedisChannelLayer(hosts=hosts)
+    leaving, staying = await layer.new_channel(), await layer.new_channel()
+    staying_gets = asyncio.create_task(layer.receive(staying))
+    for _ in range(20):  # a receive that ends while another waits
+        leaving_gets = asyncio.create_task(layer.receive(leaving))
+        await asyncio.sleep(0.01)
+        await other_process.send(staying, {"type": "hello"})
+        leaving_gets.cancel()
+        async with asyncio.timeout(5):
+            assert await staying_gets == {"type": "hello"}
+        staying_gets = asyncio.create_task(layer.receive(staying))
+    staying_gets.cancel()
+    await other_process.flush()
+    await layer.close_pools()
+
+
+def test_a_layer_receives_again_on_a_new_event_loop(private_redis):
+    port, _, _ = private_redis
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
+
+    async def round_trip() -> dict:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "hello"})
+        received = await layer.receive(channel)
+        await layer.close_pools()
+        return received
+
+    assert asyncio.run(round_trip()) == asyncio.run(round_trip()) == {"type": "hello"}
