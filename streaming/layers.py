@@ -98,9 +98,11 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         pipe.zrange(key, 0, -1)
         _, members = await pipe.execute()
         channels = [member.decode("utf8") for member in members]
-        here = [channel for channel in channels if self._pumped_here(channel)]
+        here: list[str] = []
+        there: list[str] = []
+        for channel in channels:
+            (here if self._pumped_here(channel) else there).append(channel)
         over = self._deliver_here(here, message) if here else 0
-        there = [channel for channel in channels if channel not in here] if here else channels
         by_shard, messages, capacities = self._map_channel_keys_to_connection(there, message)
         for shard, keys in by_shard.items():
             now = time.time()
