@@ -85,7 +85,7 @@ FIXES: list[tuple[str, str, str, str, str, str]] = [
         "streams one daphne carries at 40 tokens/s (p99 within 50 ms of the echo's)",
         "50 (75 within 57 ms)",
         "75 (within 24 ms; on a slower CPU, where the echo's own rate fell by half)",
-        "7f3fca5 → 13bc51a",
+        "7f3fca5 → 03a565d",
     ),
 ]
 
