@@ -162,7 +162,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         """The next message of ``channel``. A process-local channel waits on its buffer,
         which the loop's pump fills; cancelling the wait loses nothing of other channels."""
         if "!" not in channel:
-            return await self._receive_retrying(channel)
+            return await self._once_redis_answers(super().receive, channel)
         assert self.require_valid_channel_name(channel)
         real_channel = self.non_local_name(channel)
         assert real_channel.endswith(self.client_prefix + "!"), "Wrong client prefix"
@@ -176,34 +176,37 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                 del self.receive_buffer[channel]
             raise
 
-    async def _receive_retrying(self, channel: str) -> dict:
+    async def _once_redis_answers(self, call: Any, *args: str) -> Any:
+        """``call(*args)``, retried with backoff while Redis is away; after an outage the
+        process's memberships are re-added first."""
         backoff = 0.2
         while True:
             try:
                 if self._needs_rejoin:
                     await self._rejoin()
-                return await super().receive(channel)
+                return await call(*args)
             except LAYER_ERRORS as exc:
-                self._lost_redis(exc)
+                if not self._needs_rejoin:
+                    logger.warning("channel layer lost Redis (%s); retrying", exc)
+                    self._needs_rejoin = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
     def _start_pump(self, real_channel: str) -> None:
         loop = asyncio.get_running_loop()
         pump = self._pumps.get(real_channel)
-        if pump is not None and not pump.done():
-            if pump.get_loop() is loop:
-                return
-            if pump.get_loop().is_running():
+        if pump is not None and pump.get_loop() is not loop:
+            if pump.get_loop().is_running() and not pump.done():
                 raise RuntimeError(
                     "Two event loops are trying to receive() on one channel layer at once!"
                 )
-        if pump is not None:
-            # A receive on a new event loop: the old loop's receivers are gone, and so is
-            # the use of its locks (a pump stopped while it waited holds one for good).
+            # The old loop's receivers are gone, and so is the use of its locks (a pump
+            # stopped while it waited holds one for good).
             for channel in [c for c in self.receive_buffer if c.startswith(real_channel)]:
                 del self.receive_buffer[channel]
             self.receive_clean_locks = ChannelLock()
+        elif pump is not None and not pump.done():
+            return
         self._pumps[real_channel] = loop.create_task(
             self._pump(real_channel), name=f"channel-layer-pump {real_channel}"
         )
@@ -211,28 +214,15 @@ class RedisChannelLayer(CoreRedisChannelLayer):
     async def _pump(self, real_channel: str) -> None:
         """Move every message of this process's list into its channels' buffers, for as
         long as the loop runs, through any Redis outage."""
-        backoff = 0.2
         while True:
             try:
-                if self._needs_rejoin:
-                    await self._rejoin()
-                target, message = await self.receive_single(real_channel)
-            except Exception as exc:  # the process's sockets must not stop receiving
-                if isinstance(exc, LAYER_ERRORS):
-                    self._lost_redis(exc)
-                else:
-                    logger.exception("channel layer: could not receive; retrying")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                target, message = await self._once_redis_answers(self.receive_single, real_channel)
+            except Exception:  # a message it cannot read must not stop the process's sockets
+                logger.exception("channel layer: could not receive; retrying")
+                await asyncio.sleep(self.max_backoff)
                 continue
-            backoff = 0.2
             for channel in target if isinstance(target, list) else [target]:
                 self.receive_buffer[channel].put_nowait(message)
-
-    def _lost_redis(self, exc: BaseException) -> None:
-        if not self._needs_rejoin:
-            logger.warning("channel layer lost Redis (%s); retrying", exc)
-            self._needs_rejoin = True
 
     async def _rejoin(self) -> None:
         """Re-add this process's memberships once Redis answers again (raises while not)."""

@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from channels.exceptions import ChannelFull
@@ -118,12 +119,19 @@ async def pumping(layer: RedisChannelLayer) -> asyncio.Task[dict]:
     return waiting
 
 
-async def test_a_group_message_to_a_member_in_the_process_takes_one_redis_call(private_redis):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
+async def member_here(
+    port: int, prefix: str = "specific", **config: Any
+) -> tuple[RedisChannelLayer, str]:
+    """A layer whose process receives, and a channel of that process in group "room"."""
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], **config)
     await pumping(layer)
-    here = await layer.new_channel()
+    here = await layer.new_channel(prefix)
     await layer.group_add("room", here)
+    return layer, here
+
+
+async def test_a_group_message_to_a_member_in_the_process_takes_one_redis_call(private_redis):
+    layer, here = await member_here(private_redis[0])
 
     async def calls() -> int:
         stats = await redis.info("commandstats")
@@ -168,11 +176,7 @@ async def test_a_group_message_reaches_members_here_and_in_another_process(priva
 async def test_sends_and_group_messages_to_a_channel_here_arrive_in_the_order_sent(
     private_redis,
 ):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
-    await pumping(layer)
-    here = await layer.new_channel()
-    await layer.group_add("room", here)
+    layer, here = await member_here(private_redis[0])
     for n in range(40):
         if n % 2:
             await layer.send(here, {"type": "n", "n": n})
@@ -183,11 +187,7 @@ async def test_sends_and_group_messages_to_a_channel_here_arrive_in_the_order_se
 
 
 async def test_a_member_here_gets_a_copy_as_redis_would_deliver_it(private_redis):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
-    await pumping(layer)
-    here = await layer.new_channel()
-    await layer.group_add("room", here)
+    layer, here = await member_here(private_redis[0])
     message = {"type": "frames", "frames": [{"seq": 0}], "pair": (1, 2)}
     await layer.group_send("room", message)
     message["frames"].append({"seq": 1})
@@ -198,11 +198,7 @@ async def test_a_member_here_gets_a_copy_as_redis_would_deliver_it(private_redis
 async def test_a_channel_here_at_its_capacity_misses_group_messages_and_refuses_sends(
     private_redis,
 ):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], channel_capacity={"full*": 1})
-    await pumping(layer)
-    full = await layer.new_channel("full")
-    await layer.group_add("room", full)
+    layer, full = await member_here(private_redis[0], "full", channel_capacity={"full*": 1})
     await layer.group_send("room", {"type": "first"})
     await layer.group_send("room", {"type": "second"})
     with pytest.raises(ChannelFull):
