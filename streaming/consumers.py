@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.consumer import get_handler_name
-from django.core.cache import caches
-from django.core.cache.backends.base import BaseCache
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 
 from streaming.adapter import get_adapter
 from streaming.asyncdb import run_in_db
@@ -29,6 +24,7 @@ from streaming.conf import app_settings
 from streaming.core.deltas import Delta
 from streaming.driver import SourceItem, cancel_stream, claim_here, drive_in_background
 from streaming.errors import StreamError
+from streaming.flood import count_frame
 from streaming.follow import Follower
 from streaming.frames import FRAMES_EVENT, Frame, encode_frame, token_frame
 from streaming.models import Stream
@@ -217,8 +213,7 @@ class StreamConsumerMixin:
         window = burst / app_settings.FRAME_RATE
         user = self.scope.get("user")  # type: ignore[attr-defined]
         who = f"user:{user.pk}" if getattr(user, "is_authenticated", False) else self.channel_name  # type: ignore[attr-defined]
-        key = f"streaming:frames:{who}:{int(time.time() // window)}"
-        count = await run_in_db(_count_frame, key, int(window * 2) + 1)
+        count = await count_frame(who, window)
         if count > burst:
             if count == burst + 1:
                 self.log_refusal("frames", f"more than {burst} in {window:g} s; closing")
@@ -288,35 +283,3 @@ class StreamConsumerMixin:
         frames: list[Frame] = await self.stream_follower.live(event["frames"])
         for frame in frames:
             await self.send_json(frame)  # type: ignore[attr-defined]
-
-
-def _count_frame(key: str, timeout: int) -> int:
-    """This frame's number in its window. The window's first frame creates the key; the
-    others only increment it (Django's Redis ``add`` is a round trip of its own)."""
-    cache = _rate_cache(app_settings.RATE_LIMIT_CACHE)
-    try:
-        return cache.incr(key)
-    except ValueError:  # the window's first frame
-        cache.add(key, 0, timeout)
-        return cache.incr(key)
-
-
-#: Alias → the process's one instance of that cache, for the flood counter.
-_RATE_CACHES: dict[str, BaseCache] = {}
-
-
-def _rate_cache(alias: str) -> BaseCache:
-    """One instance of the counting cache for the whole process. ``caches[alias]`` is
-    one per asyncio task (asgiref's ``Local``), so each socket's first frame opened a
-    Redis connection pool of its own, never closed: a connection per socket, and a
-    connect on the token-free path of every new socket's prompt."""
-    cache = _RATE_CACHES.get(alias)
-    if cache is None:
-        cache = _RATE_CACHES[alias] = caches.create_connection(alias)
-    return cache
-
-
-@receiver(setting_changed)
-def _forget_rate_caches(*, setting: str, **kwargs: Any) -> None:
-    if setting == "CACHES":
-        _RATE_CACHES.clear()

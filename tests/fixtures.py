@@ -9,12 +9,16 @@ skipping. PostgreSQL-only tests run in .ci/run's PostgreSQL pass.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
 from tests.fake_llm import fake_llm  # noqa: F401  (fixture)
+from tests.servers import free_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -123,3 +127,41 @@ async def _drivers_finish():
         _, pending = await asyncio.wait(list(_background), timeout=10)
         for task in pending:
             task.cancel()
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of the test's own on a free port: (port, its processes, a function
+    that starts it again), for tests that stop Redis or count its commands."""
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    port = free_port()
+    command = [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        for _ in range(50):
+            if (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).returncode
+                == 0
+            ):
+                return process
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    servers = [start()]
+    yield port, servers, start
+    for server in servers:
+        server.kill()
+        server.wait()

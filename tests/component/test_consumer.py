@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.core.cache import caches
 from django.db import transaction
 
-from streaming import consumers, services
+from streaming import flood, services
 from streaming.consumers import FLOOD_CLOSE_CODE
 from streaming.core.lifecycle import Status
 from streaming.frames import aannounce, chunk_frames, status_frame
@@ -132,7 +132,7 @@ async def test_the_flood_limit_holds_per_user_across_sockets(amake_user, connect
 async def test_sockets_count_their_frames_in_one_cache_instance(amake_user, connect, monkeypatch):
     # ``caches[alias]`` is one instance per asyncio task: a counter taken from it opened a
     # cache (a Redis connection pool) for every socket.
-    monkeypatch.setattr(consumers, "_RATE_CACHES", {})
+    monkeypatch.setattr(flood, "_RATE_CACHES", {})
     opened: list[str] = []
     create = caches.create_connection
 

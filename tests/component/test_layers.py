@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 import time
 from typing import Any
 
@@ -16,44 +14,6 @@ from channels.exceptions import ChannelFull
 from redis import asyncio as aioredis
 
 from streaming.layers import RedisChannelLayer
-from tests.fixtures import require
-from tests.servers import free_port
-
-
-@pytest.fixture
-def private_redis():
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    port = free_port()
-    command = [
-        "redis-server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        for _ in range(50):
-            if (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).returncode
-                == 0
-            ):
-                return process
-            time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    servers = [start()]
-    yield port, servers, start
-    for server in servers:
-        server.kill()
-        server.wait()
 
 
 async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(private_redis):
