@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
 from tests.fake_llm import fake_llm  # noqa: F401  (fixture)
-from tests.servers import free_port
+from tests.servers import PrivateRedis, free_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -130,38 +128,13 @@ async def _drivers_finish():
 
 
 @pytest.fixture
-def private_redis():
-    """A redis-server of the test's own on a free port: (port, its processes, a function
-    that starts it again), for tests that stop Redis or count its commands."""
+def private_redis(tmp_path):
+    """A redis-server of the test's own on a free port (``tests.servers.PrivateRedis``):
+    the servers' groups (named after conversation ids, which every test database
+    repeats) never meet another test run's on a shared Redis, outages and command counts
+    disturb nobody else, and the test may restart it at will. Shut down after the test."""
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    port = free_port()
-    command = [
-        "redis-server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        for _ in range(50):
-            if (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).returncode
-                == 0
-            ):
-                return process
-            time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    servers = [start()]
-    yield port, servers, start
-    for server in servers:
-        server.kill()
-        server.wait()
+    server = PrivateRedis(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.shutdown()

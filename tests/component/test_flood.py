@@ -5,13 +5,13 @@ they resume when it returns; other caches count through their ``incr``."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from streaming import flood
+from tests.servers import PrivateRedis
 
 #: Long enough that no test's counts straddle two windows.
 WINDOW = 3600.0
@@ -20,7 +20,7 @@ WINDOW = 3600.0
 @pytest.fixture
 def redis_cache(private_redis, settings) -> str:
     """The counting cache on the test's own Redis server; its URL."""
-    url = f"redis://127.0.0.1:{private_redis[0]}/0"
+    url = private_redis.url()
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
     }
@@ -56,17 +56,15 @@ async def test_a_window_expires_after_twice_its_length(redis_cache: str) -> None
 
 
 async def test_counts_fail_while_redis_is_away_and_resume_when_it_returns(
-    redis_cache: str, private_redis: Any
+    redis_cache: str, private_redis: PrivateRedis
 ) -> None:
-    _, servers, start = private_redis
     await flood.count_frame("user:1", WINDOW)
-    servers[0].kill()
-    servers[0].wait()
+    await asyncio.to_thread(private_redis.shutdown)
     outcomes = await asyncio.gather(
         *(flood.count_frame("user:1", WINDOW) for _ in range(3)), return_exceptions=True
     )
     assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes)
-    servers.append(start())
+    await asyncio.to_thread(private_redis.start)
     assert await flood.count_frame("user:1", WINDOW) == 1  # a new server: a new window
 
 

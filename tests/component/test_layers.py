@@ -17,17 +17,13 @@ from streaming.layers import RedisChannelLayer
 
 
 async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(private_redis):
-    port, servers, start = private_redis
-    hosts = [{"address": f"redis://127.0.0.1:{port}/0", "socket_timeout": 30}]
+    hosts = [{"address": private_redis.url(), "socket_timeout": 30}]
     layer, other_process = RedisChannelLayer(hosts=hosts), RedisChannelLayer(hosts=hosts)
     channel = await layer.new_channel()
     await layer.group_add("room", channel)
     received = asyncio.create_task(layer.receive(channel))
     await asyncio.sleep(0.3)
-    servers[0].kill()
-    servers[0].wait()
-    await asyncio.sleep(0.5)
-    servers.append(await asyncio.to_thread(start))
+    await private_redis.arestart(down_for=0.5)
     async with asyncio.timeout(20):
         while not received.done():
             with contextlib.suppress(Exception):
@@ -39,8 +35,7 @@ async def test_a_member_keeps_receiving_group_messages_after_redis_restarts(priv
 
 
 async def test_a_group_send_reaches_each_member_but_one_at_its_capacity(private_redis):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], channel_capacity={"full*": 1})
+    layer = RedisChannelLayer(hosts=[private_redis.url()], channel_capacity={"full*": 1})
     roomy, full = await layer.new_channel(), await layer.new_channel("full")
     for channel in (roomy, full):
         await layer.group_add("room", channel)
@@ -54,8 +49,7 @@ async def test_a_group_send_reaches_each_member_but_one_at_its_capacity(private_
 
 
 async def test_a_group_send_skips_members_whose_membership_expired(private_redis):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], group_expiry=60)
+    layer = RedisChannelLayer(hosts=[private_redis.url()], group_expiry=60)
     gone, here = await layer.new_channel(), await layer.new_channel()
     await layer.group_add("room", gone)
     await layer.group_add("room", here)
@@ -80,10 +74,10 @@ async def pumping(layer: RedisChannelLayer) -> asyncio.Task[dict]:
 
 
 async def member_here(
-    port: int, prefix: str = "specific", **config: Any
+    url: str, prefix: str = "specific", **config: Any
 ) -> tuple[RedisChannelLayer, str]:
     """A layer whose process receives, and a channel of that process in group "room"."""
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"], **config)
+    layer = RedisChannelLayer(hosts=[url], **config)
     await pumping(layer)
     here = await layer.new_channel(prefix)
     await layer.group_add("room", here)
@@ -91,7 +85,7 @@ async def member_here(
 
 
 async def test_a_group_message_to_a_member_in_the_process_takes_one_redis_call(private_redis):
-    layer, here = await member_here(private_redis[0])
+    layer, here = await member_here(private_redis.url())
 
     async def calls() -> int:
         stats = await redis.info("commandstats")
@@ -112,8 +106,7 @@ async def test_a_group_message_to_a_member_in_the_process_takes_one_redis_call(p
 
 
 async def test_a_group_message_reaches_members_here_and_in_another_process(private_redis):
-    port, _, _ = private_redis
-    hosts = [f"redis://127.0.0.1:{port}/0"]
+    hosts = [private_redis.url()]
     layer, other_process = RedisChannelLayer(hosts=hosts), RedisChannelLayer(hosts=hosts)
     await pumping(layer)
     here, there = await layer.new_channel(), await other_process.new_channel()
@@ -136,7 +129,7 @@ async def test_a_group_message_reaches_members_here_and_in_another_process(priva
 async def test_sends_and_group_messages_to_a_channel_here_arrive_in_the_order_sent(
     private_redis,
 ):
-    layer, here = await member_here(private_redis[0])
+    layer, here = await member_here(private_redis.url())
     for n in range(40):
         if n % 2:
             await layer.send(here, {"type": "n", "n": n})
@@ -147,7 +140,7 @@ async def test_sends_and_group_messages_to_a_channel_here_arrive_in_the_order_se
 
 
 async def test_a_member_here_gets_a_copy_as_redis_would_deliver_it(private_redis):
-    layer, here = await member_here(private_redis[0])
+    layer, here = await member_here(private_redis.url())
     message = {"type": "frames", "frames": [{"seq": 0}], "pair": (1, 2)}
     await layer.group_send("room", message)
     message["frames"].append({"seq": 1})
@@ -158,7 +151,7 @@ async def test_a_member_here_gets_a_copy_as_redis_would_deliver_it(private_redis
 async def test_a_channel_here_at_its_capacity_misses_group_messages_and_refuses_sends(
     private_redis,
 ):
-    layer, full = await member_here(private_redis[0], "full", channel_capacity={"full*": 1})
+    layer, full = await member_here(private_redis.url(), "full", channel_capacity={"full*": 1})
     await layer.group_send("room", {"type": "first"})
     await layer.group_send("room", {"type": "second"})
     with pytest.raises(ChannelFull):
@@ -170,8 +163,7 @@ async def test_a_channel_here_at_its_capacity_misses_group_messages_and_refuses_
 
 
 async def test_a_cancelled_receive_loses_no_message_of_another_channel(private_redis):
-    port, _, _ = private_redis
-    hosts = [f"redis://127.0.0.1:{port}/0"]
+    hosts = [private_redis.url()]
     layer, other_process = RedisChannelLayer(hosts=hosts), RedisChannelLayer(hosts=hosts)
     leaving, staying = await layer.new_channel(), await layer.new_channel()
     staying_gets = asyncio.create_task(layer.receive(staying))
@@ -189,8 +181,7 @@ async def test_a_cancelled_receive_loses_no_message_of_another_channel(private_r
 
 
 def test_a_layer_receives_again_on_a_new_event_loop(private_redis):
-    port, _, _ = private_redis
-    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0"])
+    layer = RedisChannelLayer(hosts=[private_redis.url()])
 
     async def round_trip() -> dict:
         channel = await layer.new_channel()

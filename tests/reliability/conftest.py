@@ -37,22 +37,6 @@ def report(request: pytest.FixtureRequest, record_property):
 
 
 @pytest.fixture
-def private_redis(tmp_path):
-    """A redis-server of the test's own on a free port (``support.PrivateRedis``): the
-    servers' groups (named after conversation ids, which every test database repeats)
-    never meet another test run's on a shared Redis, the load and outages disturb nobody
-    else, and the test may restart it at will. Shut down after the test."""
-    from tests.fixtures import require
-    from tests.servers import free_port
-
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = support.PrivateRedis(free_port(), tmp_path)
-    server.start()
-    yield server
-    server.shutdown()
-
-
-@pytest.fixture
 def redis_url(private_redis) -> str:
     return private_redis.url()
 

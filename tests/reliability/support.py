@@ -10,10 +10,9 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
@@ -21,103 +20,13 @@ from django.db import connections
 
 from chatproject.chat.models import Conversation, Message
 from streaming.models import Chunk, Stream
-from tests.servers import FINAL_STATUSES, DaphneServer, StreamView, session_cookie
-
-# --- Redis ----------------------------------------------------------------------------
-
-
-def _redis_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 6379
-
-
-def redis_ping(url: str) -> bool:
-    """One PING, no retry (redis-py 8 retries a refused connection for ~3 s by default)."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    host, port = _redis_address(url)
-    client = redis.Redis(host=host, port=port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-@dataclass
-class PrivateRedis:
-    """A redis-server of the test's own on a free loopback port (no persistence), so that
-    restarting it disturbs no other test run sharing the machine's Redis."""
-
-    port: int
-    directory: Path
-    outages: list[tuple[float, float]] = field(default_factory=list)
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> None:
-        subprocess.run(
-            [
-                "redis-server",
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--pidfile",
-                str(self.directory / f"redis-{self.port}.pid"),
-                "--logfile",
-                str(self.directory / f"redis-{self.port}.log"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=10,
-        )
-        _wait_until(lambda: redis_ping(self.url()), 15, "Redis did not answer PING")
-
-    def shutdown(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "shutdown", "nosave"],
-            capture_output=True,
-            timeout=10,
-        )
-        _wait_until(lambda: not redis_ping(self.url()), 10, "Redis did not stop")
-
-    def restart(self, down_for: float) -> tuple[float, float]:
-        """Shut Redis down (nothing saved), wait, start it; return (down, up) times on the
-        monotonic clock, ``up`` being when it answers PING again."""
-        self.shutdown()
-        down = time.monotonic()
-        try:
-            time.sleep(down_for)
-        finally:
-            self.start()
-        up = time.monotonic()
-        self.outages.append((down, up))
-        return down, up
-
-    async def arestart(self, down_for: float) -> tuple[float, float]:
-        return await asyncio.to_thread(self.restart, down_for)
-
-
-def _wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} within {timeout} s")
-        time.sleep(0.05)
-
+from tests.servers import (
+    FINAL_STATUSES,
+    DaphneServer,
+    StreamView,
+    session_cookie,
+    wait_until,
+)
 
 # --- PostgreSQL -------------------------------------------------------------------------
 
@@ -151,7 +60,7 @@ class PostgresOutage:
 
     def start_now(self) -> float:
         subprocess.run([*_pg_cluster(), "start"], capture_output=True, timeout=60)
-        _wait_until(pg_ready, 30, "PostgreSQL did not accept connections")
+        wait_until(pg_ready, 30, "PostgreSQL did not accept connections")
         self.up_at = time.monotonic()
         return self.up_at
 
