@@ -5,6 +5,7 @@ duplicate over websockets, Server-Sent Events and the AI SDK's protocols.
 The public API (docs/component.md)::
 
     create_stream(group=..., owner=None, claimed=False) -> Stream
+    create_streams([NewStream(group, owner), ...], claimed=False) -> [Stream | StreamError]
     await drive(stream_id, deltas, on_token=...) -> StreamBody
     get_stream_body(stream_id, after=None) -> StreamBody    (async twin: aget_stream_body)
     await cancel_stream(stream_id) -> bool
@@ -22,6 +23,7 @@ from streaming.api import (
     aget_stream_body,
     cancel_stream,
     create_stream,
+    create_streams,
     delete_stream,
     drive,
     get_stream_body,
@@ -29,6 +31,7 @@ from streaming.api import (
 from streaming.core.body import StreamBody
 from streaming.core.deltas import Delta, Finish
 from streaming.core.lifecycle import Status
+from streaming.core.requests import NewStream
 from streaming.errors import StreamError
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ __version__ = "0.2.0"
 __all__ = [
     "Delta",
     "Finish",
+    "NewStream",
     "Status",
     "StreamAdapter",
     "StreamBody",
@@ -46,6 +50,7 @@ __all__ = [
     "aget_stream_body",
     "cancel_stream",
     "create_stream",
+    "create_streams",
     "delete_stream",
     "drive",
     "get_stream_body",

@@ -7,11 +7,13 @@ Django loads its apps (before any model may be imported).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streaming.core.body import StreamBody
 from streaming.core.deltas import Delta, Finish
+from streaming.core.requests import NewStream
+from streaming.errors import StreamError
 
 if TYPE_CHECKING:
     from streaming.models import Stream
@@ -29,6 +31,18 @@ def create_stream(*, group: str, owner: Any = None, claimed: bool = False) -> St
     from streaming.services import stream_create
 
     return stream_create(group=group, owner=owner, claimed=claimed)
+
+
+def create_streams(
+    requests: Sequence[NewStream], *, claimed: bool = False
+) -> list[Stream | StreamError]:
+    """``create_stream`` for many at once, in one INSERT (a burst of prompts, written
+    together): each result is the new stream, or the ``StreamError`` refusing a request
+    past its owner's limit, which wrote nothing. Refusals are returned, not raised, so
+    the caller's transaction stays usable for the others."""
+    from streaming.services import streams_create
+
+    return streams_create(requests, claimed=claimed)
 
 
 async def drive(

@@ -17,6 +17,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.db import connections, router, transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from streaming.adapter import get_adapter
@@ -32,6 +33,7 @@ from streaming.core.deltas import (
     final_finish_reason,
 )
 from streaming.core.lifecycle import ACTIVE, Status, sources_for, text_digest
+from streaming.core.requests import NewStream
 from streaming.errors import StreamError
 from streaming.frames import Frame, aannounce, status_frame
 from streaming.metrics import STREAMS_REAPED
@@ -82,44 +84,81 @@ def stream_create(*, group: str, owner: Any = None, claimed: bool = False) -> St
     """A new stream, ``pending``, or already ``streaming`` when ``claimed``: then the
     caller must ``drive`` it in this process, and the claim costs no transaction of its
     own (it commits with the caller's). Its lease starts now, so one that nobody drives
-    is reaped. Refused with ``too_many_active`` past the owner's limit.
+    is reaped. Refused with ``too_many_active`` past the owner's limit."""
+    (created,) = streams_create([NewStream(group, owner)], claimed=claimed)
+    if isinstance(created, StreamError):
+        raise created
+    return created
+
+
+def streams_create(
+    requests: Sequence[NewStream], *, claimed: bool = False
+) -> list[Stream | StreamError]:
+    """``stream_create`` for many streams at once (a burst of prompts), in one INSERT:
+    each result is the new stream, or the ``too_many_active`` refusal of a request past
+    its owner's limit, which wrote nothing. Requests of one owner are granted in order.
 
     Inside a caller's transaction it takes no savepoint (two statements fewer a
-    prompt): the refusal is raised after the block, which wrote nothing, so the
-    caller's transaction stays usable."""
+    prompt): refusals are returned, not raised, so the caller's transaction stays
+    usable and the caller decides what a refusal undoes."""
     limit = app_settings.MAX_ACTIVE_PER_OWNER
     with transaction.atomic(savepoint=False):
-        at_limit = owner is not None and bool(limit) and _owner_active(owner) >= limit
-        stream = None if at_limit else _stream_insert(group, owner, claimed)
-    if stream is None:
-        raise StreamError(
-            StreamError.TOO_MANY_ACTIVE,
-            f"At most {limit} answers may stream at once; wait for one to finish.",
-        )
-    return stream
+        owners = {r.owner.pk for r in requests if r.owner is not None} if limit else set()
+        room = {pk: limit - active for pk, active in _owners_active(owners).items()}
+        results: list[Stream | StreamError] = []
+        for request in requests:
+            owner_pk = request.owner.pk if request.owner is not None else None
+            if owner_pk in room and room[owner_pk] <= 0:
+                results.append(
+                    StreamError(
+                        StreamError.TOO_MANY_ACTIVE,
+                        f"At most {limit} answers may stream at once; wait for one to finish.",
+                    )
+                )
+                continue
+            if owner_pk in room:
+                room[owner_pk] -= 1
+            results.append(_stream_new(request, claimed))
+        _streams_insert([r for r in results if isinstance(r, Stream)], claimed)
+    return results
 
 
-def _owner_active(owner: Any) -> int:
-    """The owner's active streams, counted under a lock on the owner's row, so two
-    concurrent creates count each other (the count is a statement of its own: in READ
-    COMMITTED it sees what the lock waited for)."""
-    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
-    return Stream.objects.filter(owner=owner, status__in=[str(s) for s in ACTIVE]).count()
+def _owners_active(owner_pks: set[Any]) -> dict[Any, int]:
+    """Each owner's active streams, counted under a lock on the owners' rows (taken in
+    key order, so two bursts cannot deadlock), so concurrent creates count each other
+    (the count is a statement of its own: in READ COMMITTED it sees what the lock
+    waited for)."""
+    if not owner_pks:
+        return {}
+    users = get_user_model().objects.select_for_update().filter(pk__in=owner_pks)
+    list(users.order_by("pk").values_list("pk"))
+    active = (
+        Stream.objects.filter(owner__in=owner_pks, status__in=[str(s) for s in ACTIVE])
+        .values("owner")
+        .annotate(count=Count("id"))
+        .values_list("owner", "count")
+    )
+    return {pk: 0 for pk in owner_pks} | dict(active)
 
 
-def _stream_insert(group: str, owner: Any, claimed: bool) -> Stream:
+def _stream_new(request: NewStream, claimed: bool) -> Stream:
     now = timezone.now()
-    stream = Stream.objects.create(
-        group=group,
-        owner=owner,
+    return Stream(
+        group=request.group,
+        owner=request.owner,
         lease_expires_at=_lease_from(now),
         status=Status.STREAMING if claimed else Status.PENDING,
         started_at=now if claimed else None,
     )
+
+
+def _streams_insert(streams: list[Stream], claimed: bool) -> None:
+    if not streams:
+        return
+    Stream.objects.bulk_create(streams)
     if claimed:
-        stream_id = str(stream.id)
-        transaction.on_commit(lambda: _claimed_here.__setitem__(stream_id, group))
-    return stream
+        groups = {str(stream.id): stream.group for stream in streams}
+        transaction.on_commit(lambda: _claimed_here.update(groups))
 
 
 def stream_claim(*, stream_id: StreamId) -> Stream | None:

@@ -14,7 +14,7 @@ from django.http import Http404
 
 import streaming
 from chatproject.chat.selectors import conversation_for, message_payload
-from chatproject.chat.services import Prompt, conversation_prompt
+from chatproject.chat.services import Prompt, aconversation_prompt
 from chatproject.llm import get_provider
 from streaming.asyncdb import run_in_db
 from streaming.outages import TRANSIENT_ERRORS
@@ -71,8 +71,8 @@ class ChatConsumer(streaming.StreamConsumerMixin, AsyncJsonWebsocketConsumer):
         """Store the prompt, tell this socket first, drive the answer from here, then tell
         the conversation's other sockets. Once the rows are stored the answer runs,
         whatever the channel layer does; a repeated client id only gets its messages."""
-        prompt = await run_in_db(
-            conversation_prompt, conversation=self.conversation, text=text, client_id=client_id
+        prompt = await aconversation_prompt(
+            conversation=self.conversation, text=text, client_id=client_id
         )
         if not prompt.created:
             await self.send_json(message_frame(prompt.question, driving=False))

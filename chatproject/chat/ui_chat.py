@@ -34,7 +34,7 @@ from chatproject.chat.selectors import conversation_for, latest_answer
 from chatproject.chat.services import (
     ChatError,
     Prompt,
-    conversation_prompt,
+    aconversation_prompt,
     conversation_regenerate,
 )
 from chatproject.chat.views import announce_prompt, json_body
@@ -139,7 +139,7 @@ async def store_turn(conversation: Conversation, request: ChatRequest) -> Prompt
         return await run_in_db(conversation_regenerate, conversation=conversation)
     if request.text is None:
         raise ChatError("no_user_message", "The request has no user message.")
-    return await run_in_db(conversation_prompt, conversation=conversation, text=request.text)
+    return await aconversation_prompt(conversation=conversation, text=request.text)
 
 
 async def after_turn(prompt: Prompt, conversation: Conversation) -> None:

@@ -18,7 +18,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from chatproject.chat.consumers import message_event, message_frame
 from chatproject.chat.models import Conversation
 from chatproject.chat.selectors import conversation_for, conversation_messages, conversations_for
-from chatproject.chat.services import ChatError, Prompt, conversation_create, conversation_prompt
+from chatproject.chat.services import (
+    ChatError,
+    Prompt,
+    aconversation_prompt,
+    conversation_create,
+)
 from chatproject.llm import get_provider
 from streaming.asyncdb import run_in_db
 from streaming.driver import drive_in_background
@@ -112,8 +117,7 @@ async def post_prompt(request: HttpRequest, conversation: Conversation) -> HttpR
     ``Accept: text/event-stream`` this response drives the answer (its client may leave:
     the answer goes on); without, 201 and the answer is generated on the server."""
     body = json_body(request)
-    prompt = await run_in_db(
-        conversation_prompt,
+    prompt = await aconversation_prompt(
         conversation=conversation,
         text=body.get("text"),
         client_id=body.get("client_id"),

@@ -3,17 +3,25 @@ final stream copied into its message."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.test.utils import CaptureQueriesContext
 from django.utils.functional import SimpleLazyObject
 
 from chatproject.chat import services as chat_services
-from chatproject.chat.models import Message
+from chatproject.chat.models import Conversation, Message
 from chatproject.chat.selectors import conversation_for
-from chatproject.chat.services import conversation_prompt
+from chatproject.chat.services import (
+    Prompt,
+    PromptRequest,
+    aconversation_prompt,
+    conversation_prompt,
+    conversation_prompts,
+)
 from streaming import Finish, services
 from streaming.core.lifecycle import Status
 from streaming.models import Stream
@@ -26,27 +34,34 @@ TRANSACTION = {"BEGIN", "BEGIN IMMEDIATE", "COMMIT"}  # PostgreSQL, SQLite
 WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|SELECT .* FOR UPDATE)", re.IGNORECASE | re.DOTALL)
 
 
-def test_a_prompts_rows_and_its_streams_claim_commit_in_one_transaction(conversation, monkeypatch):
-    connection = connections["default"]
-    commits: list[str] = []
-    writes: list[tuple[str, bool]] = []
-    real_commit = connection.commit
+@pytest.fixture
+def commits(monkeypatch) -> list[str]:
+    """Every COMMIT from now on, whatever thread's connection runs it (by alias)."""
+    seen: list[str] = []
+    real_commit = BaseDatabaseWrapper.commit
 
-    def counted_commit() -> None:
-        commits.append("COMMIT")
-        real_commit()
+    def counted(connection: BaseDatabaseWrapper) -> None:
+        seen.append(connection.alias)
+        real_commit(connection)
+
+    monkeypatch.setattr(BaseDatabaseWrapper, "commit", counted)
+    return seen
+
+
+def test_a_prompts_rows_and_its_streams_claim_commit_in_one_transaction(conversation, commits):
+    connection = connections["default"]
+    writes: list[tuple[str, bool]] = []
 
     def record(execute, sql, params, many, context):
         if WRITE.match(sql):
             writes.append((sql.split()[0].upper(), connection.in_atomic_block))
         return execute(sql, params, many, context)
 
-    monkeypatch.setattr(connection, "commit", counted_commit)
     with connection.execute_wrapper(record):
         prompt = conversation_prompt(conversation=conversation, text="Hi", client_id="c-1")
     services.take_claim(str(prompt.answer.stream_id))
 
-    assert commits == ["COMMIT"]
+    assert commits == ["default"]
     # Both messages, the claimed stream, the conversation's title: every write inside it.
     assert [kind for kind, _ in writes].count("INSERT") == 3
     assert all(inside for _, inside in writes), writes
@@ -72,10 +87,10 @@ def test_a_prompt_costs_seven_statements_without_savepoint_or_join(conversation,
 def test_a_prompt_that_fails_after_its_first_row_leaves_no_row_and_no_claim(
     conversation, monkeypatch
 ):
-    def broken_history(**kwargs):
+    def broken_history(*args, **kwargs):
         raise RuntimeError("the database refused the last statement")
 
-    monkeypatch.setattr(chat_services, "conversation_history", broken_history)
+    monkeypatch.setattr(chat_services, "conversation_histories", broken_history)
     with pytest.raises(RuntimeError):
         conversation_prompt(conversation=conversation, text="Hi")
     assert (Message.objects.count(), Stream.objects.count()) == (0, 0)
@@ -131,3 +146,84 @@ def test_the_llms_context_is_the_messages_text_without_reasoning_or_unfinished_a
         ("user", "Second"),
         ("user", "Third"),
     ]
+
+
+# --- prompts stored together -------------------------------------------------------------
+
+
+@pytest.fixture
+def conversations(django_user_model):
+    """Three users' untitled conversations."""
+    users = [django_user_model.objects.create_user(f"u{n}") for n in range(3)]
+    return [Conversation.objects.create(owner=u) for u in users]
+
+
+def stored(results):
+    """The prompts of ``results``, their claims taken (nobody drives them here)."""
+    for result in results:
+        if isinstance(result, Prompt) and result.created:
+            services.take_claim(str(result.answer.stream_id))
+    return results
+
+
+def history_of(prompt):
+    return [(m.role, m.content) for m in prompt.history]
+
+
+def test_prompts_stored_together_commit_in_one_transaction(conversations, commits):
+    requests = [PromptRequest(c, f"Question {n}") for n, c in enumerate(conversations)]
+    results = stored(conversation_prompts(requests))
+    assert commits == ["default"]
+    assert [r.question.text for r in results] == ["Question 0", "Question 1", "Question 2"]
+    assert [r.answer.conversation_id for r in results] == [c.pk for c in conversations]
+    assert all(r.answer.prompt_id == r.question.pk for r in results)
+    assert [history_of(r) for r in results] == [[("user", f"Question {n}")] for n in range(3)]
+    assert Stream.objects.filter(status="streaming").count() == 3
+
+
+def test_two_prompts_of_one_conversation_stored_together_get_the_histories_of_one_after_the_other(
+    conversation,
+):
+    requests = [PromptRequest(conversation, "One"), PromptRequest(conversation, "Two")]
+    first, second = stored(conversation_prompts(requests))
+    assert history_of(first) == [("user", "One")]
+    assert history_of(second) == [("user", "One"), ("user", "Two")]  # the first answer streams
+
+
+def test_a_refused_prompt_among_others_stores_nothing_and_gets_its_error(conversations, settings):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 1
+    busy = conversations[1]
+    stored([conversation_prompt(conversation=busy, text="Already streaming")])
+    requests = [PromptRequest(conversations[0], "Fine"), PromptRequest(busy, "One too many"),
+                PromptRequest(conversations[2], "   ")]  # fmt: skip
+    results = stored(conversation_prompts(requests))
+    assert isinstance(results[0], Prompt) and results[0].created
+    assert [r.code for r in results[1:]] == ["too_many_active", "prompt_empty"]
+    assert not Message.objects.filter(text__in=["One too many", "   "]).exists()
+    assert Stream.objects.count() == 2
+
+
+def test_one_client_id_twice_in_prompts_stored_together_is_stored_once(conversation):
+    requests = [PromptRequest(conversation, "Hi", "c-1"), PromptRequest(conversation, "Hi", "c-1")]
+    first, again = stored(conversation_prompts(requests))
+    assert (first.created, again.created) == (True, False)
+    assert (again.question.pk, again.answer.pk) == (first.question.pk, first.answer.pk)
+    assert Message.objects.count() == 2
+
+
+def test_the_title_comes_from_the_first_prompt_even_through_a_stale_copy(user):
+    conversation = Conversation.objects.create(owner=user)
+    stale = Conversation.objects.get(pk=conversation.pk)
+    stored([conversation_prompt(conversation=conversation, text="The first question")])
+    stored([conversation_prompt(conversation=stale, text="A later question")])
+    conversation.refresh_from_db()
+    assert conversation.title == "The first question"
+
+
+async def test_prompts_arriving_together_are_stored_in_one_transaction(conversations, commits):
+    prompts = await asyncio.gather(
+        *(aconversation_prompt(conversation=c, text=f"Q{n}") for n, c in enumerate(conversations))
+    )
+    stored(prompts)
+    assert commits == ["default"]
+    assert [p.question.text for p in prompts] == ["Q0", "Q1", "Q2"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from streaming import StreamError, delete_stream, services
+from streaming import NewStream, StreamError, create_streams, delete_stream, services
 from streaming.core.deltas import Finish
 from streaming.core.lifecycle import Status, text_digest
 from streaming.models import Chunk, Stream
@@ -89,6 +90,34 @@ def test_a_stream_created_in_the_callers_transaction_takes_no_savepoint(make_str
         make_stream(claimed=True)
     statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
     assert "SAVEPOINT" not in statements, statements
+
+
+def test_many_streams_are_created_in_one_insert(owner, settings):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 0
+    requests = [NewStream(f"burst.{n}", owner) for n in range(5)]
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        created = create_streams(requests, claimed=True)
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 1
+    assert [s.group for s in created] == [f"burst.{n}" for n in range(5)]
+    assert Stream.objects.filter(status="streaming").count() == 5
+    assert sorted(services.take_all_claims()) == sorted(str(s.id) for s in created)
+
+
+def test_requests_past_an_owners_limit_are_refused_in_order_and_write_nothing(
+    owner, make_stream, settings
+):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 3
+    make_stream(claimed=True)
+    other = get_user_model().objects.create_user("other", password="pw")
+    requests = [NewStream("a", owner), NewStream("b", owner), NewStream("c", other),
+                NewStream("d", owner), NewStream("e")]  # fmt: skip
+    with transaction.atomic():
+        created = create_streams(requests)
+    outcomes = [r.code if isinstance(r, StreamError) else r.group for r in created]
+    assert outcomes == ["a", "b", "c", StreamError.TOO_MANY_ACTIVE, "e"]
+    assert Stream.objects.filter(owner=owner).count() == 3
+    assert not Stream.objects.filter(group="d").exists()
 
 
 def test_chunks_are_appended_only_as_the_next_seqs(make_stream):
