@@ -38,6 +38,9 @@ DOCS = ROOT / "docs"
 BENCH_REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "15"))
 #: The bearer token the benchmark daphnes accept on ``GET /metrics``.
 METRICS_TOKEN = secrets.token_urlsafe(16)
+#: First on the benchmark daphnes' ``PYTHONPATH``: stands in for the dev-only packages
+#: a production install lacks, so the servers run what users run (see its ``click``).
+PRODUCTION_SITE = ROOT / "bench" / "production_site"
 
 
 # --- results -------------------------------------------------------------------------
@@ -285,7 +288,8 @@ def conversation_paths(clients: Sequence[Client]) -> list[str]:
 def server_env(ctx: Context, llm: LLMServer | None = None, **extra: Any) -> dict[str, str]:
     """The environment of a benchmark daphne: the throwaway database (pooled on
     PostgreSQL, as in production), DEBUG off, no per-owner stream limit, the metrics
-    behind the bench's token; with ``llm``, the ``openai`` provider on that server."""
+    behind the bench's token, and no dev-only packages that change what the server does
+    (``PRODUCTION_SITE``); with ``llm``, the ``openai`` provider on that server."""
     settings = dict(
         DATABASE_POOL="true",
         DEBUG="false",
@@ -300,7 +304,9 @@ def server_env(ctx: Context, llm: LLMServer | None = None, **extra: Any) -> dict
             LLM_MODEL="bench-model",
         )  # fmt: skip
     settings.update({key: str(value) for key, value in extra.items()})
-    return servers.server_env(redis_url=ctx.redis_url, llm_base_url=None, **settings)
+    env = servers.server_env(redis_url=ctx.redis_url, llm_base_url=None, **settings)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PRODUCTION_SITE), env.get("PYTHONPATH")]))
+    return env
 
 
 @dataclass
