@@ -28,8 +28,17 @@ class Store:
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
 
-async def started(store: Store) -> None:
+async def during_a_call(
+    group: GroupCommit[int, int], store: Store, items: list[int]
+) -> tuple[asyncio.Future[int], list[asyncio.Future[int]]]:
+    """Item 0 submitted and its call running (held), then ``items`` submitted meanwhile
+    (each queued); the caller releases the call with ``store.hold.set()``."""
+    store.hold.clear()
+    first = asyncio.ensure_future(group.submit(0))
     await asyncio.to_thread(store.started.wait, 10)
+    later = [asyncio.ensure_future(group.submit(n)) for n in items]
+    await asyncio.sleep(0)  # every submit has queued its item
+    return first, later
 
 
 async def test_a_lone_item_is_stored_at_once_alone() -> None:
@@ -40,25 +49,15 @@ async def test_a_lone_item_is_stored_at_once_alone() -> None:
 
 async def test_items_submitted_while_a_call_runs_go_together_in_the_next() -> None:
     store = Store()
-    group = GroupCommit(store, max_items=10)
-    store.hold.clear()
-    first = asyncio.ensure_future(group.submit(2))
-    await started(store)
-    later = [asyncio.ensure_future(group.submit(n)) for n in (4, 6, 8)]
-    await asyncio.sleep(0)  # every submit has queued its item
+    first, later = await during_a_call(GroupCommit(store, max_items=10), store, [4, 6, 8])
     store.hold.set()
-    assert await asyncio.gather(first, *later) == [20, 40, 60, 80]
-    assert store.calls == [[2], [4, 6, 8]]
+    assert await asyncio.gather(first, *later) == [0, 40, 60, 80]
+    assert store.calls == [[0], [4, 6, 8]]
 
 
 async def test_a_call_takes_at_most_max_items() -> None:
     store = Store()
-    group = GroupCommit(store, max_items=2)
-    store.hold.clear()
-    first = asyncio.ensure_future(group.submit(0))
-    await started(store)
-    later = [asyncio.ensure_future(group.submit(n)) for n in (2, 4, 6)]
-    await asyncio.sleep(0)
+    first, later = await during_a_call(GroupCommit(store, max_items=2), store, [2, 4, 6])
     store.hold.set()
     await asyncio.gather(first, *later)
     assert store.calls == [[0], [2, 4], [6]]
@@ -66,12 +65,7 @@ async def test_a_call_takes_at_most_max_items() -> None:
 
 async def test_an_items_error_is_raised_to_its_caller_alone() -> None:
     store = Store()
-    group = GroupCommit(store, max_items=10)
-    store.hold.clear()
-    first = asyncio.ensure_future(group.submit(0))
-    await started(store)
-    odd, even = asyncio.ensure_future(group.submit(3)), asyncio.ensure_future(group.submit(4))
-    await asyncio.sleep(0)
+    first, (odd, even) = await during_a_call(GroupCommit(store, max_items=10), store, [3, 4])
     store.hold.set()
     await first
     with pytest.raises(ValueError, match="odd 3"):
@@ -91,12 +85,7 @@ async def test_an_error_of_the_whole_call_reaches_each_of_its_callers() -> None:
 
 async def test_a_caller_cancelled_before_its_call_is_left_out_of_it() -> None:
     store = Store()
-    group = GroupCommit(store, max_items=10)
-    store.hold.clear()
-    first = asyncio.ensure_future(group.submit(0))
-    await started(store)
-    gone, kept = asyncio.ensure_future(group.submit(2)), asyncio.ensure_future(group.submit(4))
-    await asyncio.sleep(0)
+    first, (gone, kept) = await during_a_call(GroupCommit(store, max_items=10), store, [2, 4])
     gone.cancel()
     store.hold.set()
     assert (await first, await kept) == (0, 40)
