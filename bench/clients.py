@@ -133,9 +133,10 @@ async def follow_sse(
     opening: asyncio.Semaphore | None = None, who: str = "sse",
 ) -> Follow:  # fmt: skip
     """``GET url`` as an event stream, every ``data:`` line a frame, until the final
-    status (or SILENCE seconds without a line). ``ready`` is set once the response's
-    first bytes came (the server is then subscribing); ``opening`` bounds how many
-    streams are being opened at once (it is held until then)."""
+    status (or SILENCE seconds without a byte); what arrived is parsed a read at a
+    time, as a browser's EventSource does, not a timed line at a time. ``ready`` is set
+    once the response's first bytes came (the server is then subscribing); ``opening``
+    bounds how many streams are being opened at once (it is held until then)."""
     follow = Follow(check=StreamCheck(who))
     if opening is not None:
         await opening.acquire()
@@ -155,19 +156,21 @@ async def follow_sse(
             if r.status != 200:
                 follow.check.problems.append(f"HTTP {r.status}: {(await r.read())[:200]!r}")
                 return follow
-            content = r.content
+            content, pending = r.content, b""
             while True:
                 try:
                     async with asyncio.timeout(SILENCE):
-                        line = await content.readline()
+                        data = await content.readany()
                 except TimeoutError:
                     return follow
-                if not line:
+                if not data:
                     return follow
+                now = time.monotonic()
                 opened()
-                if line.startswith(b"data: ") and follow.frame(
-                    orjson.loads(line[6:]), time.monotonic()
-                ):
-                    return follow
+                *events, pending = (pending + data).split(b"\n\n")
+                for event in events:
+                    for line in event.split(b"\n"):
+                        if line.startswith(b"data: ") and follow.frame(orjson.loads(line[6:]), now):
+                            return follow
     finally:
         opened()
