@@ -30,7 +30,7 @@ from streaming.conf import app_settings
 from streaming.core.batching import Batch
 from streaming.core.deltas import Finish
 from streaming.core.lifecycle import Status
-from streaming.frames import Frame, aannounce, chunk_frames, status_frame
+from streaming.frames import Frame, aannounce_many, chunk_frames, status_frame
 from streaming.metrics import CHUNKS_PER_WRITE, WRITE_SECONDS, WRITES
 from streaming.models import Stream
 from streaming.outages import DB_OUTAGE_ERRORS
@@ -256,8 +256,7 @@ class Writer:
             if stream is not None and stream_id not in work.failed:
                 frames = chunk_frames(stream_id, end.first_seq, end.tail)
                 announcements.append((stream.group, [*frames, status_frame(stream)]))
-        if announcements:
-            await asyncio.gather(*(aannounce(group, frames) for group, frames in announcements))
+        await aannounce_many(announcements)
 
         for write in work.appends:
             if (generation := by_id.get(write.stream_id)) is None:

@@ -126,6 +126,49 @@ async def test_a_group_message_reaches_members_here_and_in_another_process(priva
     await layer.close_pools()
 
 
+async def commands(redis: aioredis.Redis) -> dict[str, int]:
+    """Calls so far per Redis command (lower case)."""
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+async def test_one_send_of_many_groups_reaches_each_groups_members_here_and_elsewhere(
+    private_redis,
+):
+    layer, here = await member_here(private_redis.url())  # in "room"
+    other_process = RedisChannelLayer(hosts=[private_redis.url()])
+    there = await other_process.new_channel()
+    await layer.group_add("hall", here)
+    for group in ("room", "hall", "yard"):
+        await other_process.group_add(group, there)
+    sends = [("room", {"type": "r"}), ("hall", {"type": "h"}), ("yard", {"type": "y"})]
+    await layer.group_send_many(sends)
+    assert [await layer.receive(here), await layer.receive(here)] == [{"type": "r"}, {"type": "h"}]
+    got = [await other_process.receive(there) for _ in range(3)]
+    assert sorted(m["type"] for m in got) == ["h", "r", "y"]
+    await other_process.flush()
+    await layer.close_pools()
+
+
+async def test_one_send_of_many_groups_delivers_elsewhere_in_one_script(private_redis):
+    layer, _ = await member_here(private_redis.url())
+    other_process = RedisChannelLayer(hosts=[private_redis.url()])
+    groups = [f"room{n}" for n in range(20)]
+    for group in groups:
+        await other_process.group_add(group, await other_process.new_channel())
+    async with aioredis.from_url(private_redis.url()) as redis:
+        await layer.group_send("room", {"type": "warm"})  # connects
+        before = await commands(redis)
+        await layer.group_send_many([(group, {"type": "hello"}) for group in groups])
+        after = await commands(redis)
+    added = {name: after[name] - before.get(name, 0) for name in after}
+    # Each group trimmed and listed; one script trims each channel and delivers.
+    assert (added["zrange"], added["eval"], added["zadd"]) == (20, 1, 20)
+    assert added["zremrangebyscore"] == 20 + 20
+    await other_process.flush()
+    await layer.close_pools()
+
+
 async def test_sends_and_group_messages_to_a_channel_here_arrive_in_the_order_sent(
     private_redis,
 ):

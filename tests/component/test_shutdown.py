@@ -26,6 +26,15 @@ async def test_stopping_the_drivers_returns_after_their_final_statuses_are_annou
         await real_group_send(group, message)
 
     monkeypatch.setattr(layer, "group_send", slow_group_send)
+    if hasattr(layer, "group_send_many"):  # the Redis layer: the writer sends through it
+        real_group_send_many = layer.group_send_many
+
+        async def slow_group_send_many(sends):
+            await asyncio.sleep(0.05)
+            announced.extend(f for _, message in sends for f in message.get("frames", []))
+            await real_group_send_many(sends)
+
+        monkeypatch.setattr(layer, "group_send_many", slow_group_send_many)
     stream = await amake_stream()
     shown = asyncio.Event()
 
