@@ -165,18 +165,29 @@ def _instrument() -> None:
     writer.write_round = stamped_write_round
     layer = get_channel_layer()
     group_send = layer.group_send
+    group_send_many = getattr(layer, "group_send_many", None)
 
-    async def stamped_group_send(group: str, message: dict[str, Any]) -> None:
+    def stamp(message: dict[str, Any]) -> None:
         if message.get("type") == FRAMES_EVENT:
             chunks = [f for f in message["frames"] if f["type"] == "chunk"]
             if chunks and "bench_commit" not in chunks[0]:
                 key = (chunks[0]["stream_id"], chunks[0]["seq"])
-                stamp = _COMMITS.pop(key, None) or time.monotonic()
+                committed = _COMMITS.pop(key, None) or time.monotonic()
                 for frame in chunks:
-                    frame["bench_commit"] = stamp
+                    frame["bench_commit"] = committed
+
+    async def stamped_group_send(group: str, message: dict[str, Any]) -> None:
+        stamp(message)
         await group_send(group, message)
 
+    async def stamped_group_send_many(sends: list[tuple[str, dict[str, Any]]]) -> None:
+        for _, message in sends:
+            stamp(message)
+        await group_send_many(sends)  # type: ignore[misc]
+
     layer.group_send = stamped_group_send
+    if group_send_many is not None:  # the writer's rounds go through it
+        layer.group_send_many = stamped_group_send_many
 
 
 #: stream id → chunk writes (``services.chunks_append`` entries) the writer made for it.
