@@ -93,8 +93,9 @@ _in_group_send: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 class LayerCounter:
-    """Counts ``group_send`` and ``send`` calls on a channel layer instance (a ``send``
-    made by the layer itself inside a ``group_send`` is not counted twice)."""
+    """Counts group messages (each ``group_send``, each message of a
+    ``group_send_many``) and ``send`` calls on a channel layer instance (a ``send`` made
+    by the layer itself inside a group send is not counted twice)."""
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
@@ -112,14 +113,29 @@ class LayerCounter:
             finally:
                 _in_group_send.reset(token)
 
+        group_send_many = getattr(self.layer, "group_send_many", None)
+
+        async def counted_group_send_many(sends: list[tuple[str, dict[str, Any]]]) -> None:
+            if not _in_group_send.get():  # the layer's group_send goes through it
+                self.group_sends += len(sends)
+            token = _in_group_send.set(True)
+            try:
+                await group_send_many(sends)  # type: ignore[misc]
+            finally:
+                _in_group_send.reset(token)
+
         async def counted_send(channel: str, message: dict[str, Any]) -> None:
             if not _in_group_send.get():
                 self.sends += 1
             await send(channel, message)
 
         self.layer.group_send, self.layer.send = counted_group_send, counted_send
+        if group_send_many is not None:  # the writer's rounds go through it
+            self.layer.group_send_many = counted_group_send_many
         return self
 
     def __exit__(self, *exc: object) -> None:
         del self.layer.group_send
         del self.layer.send
+        if "group_send_many" in vars(self.layer):
+            del self.layer.group_send_many
