@@ -226,6 +226,22 @@ def test_an_append_advances_exactly_the_streams_whose_write_follows_their_last_s
         assert list(seqs) == list(range(last_seq + 1))
 
 
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"])),
+                min_size=1, max_size=4))  # fmt: skip
+def test_appended_and_final_chunks_keep_their_text_exactly(make_stream, texts):
+    """Quotes, braces, backslashes, commas, NULL and whitespace survive the arrays
+    (PostgreSQL) or the VALUES list (elsewhere) that carry a round's rows."""
+    stream = make_stream(claimed=True)
+    batches = [("reasoning" if n % 2 else "text", text) for n, text in enumerate(texts)]
+    assert append(stream, 0, *batches)
+    end(stream, first_seq=len(batches), tail=[("text", "".join(texts))])
+    rows = Chunk.objects.filter(stream_id=stream.id).values_list("part", "text")
+    assert list(rows) == [*batches, ("text", "".join(texts))]
+
+
 def test_the_first_token_time_is_recorded_only_for_the_writes_that_carry_it(make_stream):
     first, later = make_stream(claimed=True), make_stream(claimed=True)
     when = timezone.now() - timedelta(seconds=5)
