@@ -213,24 +213,56 @@ def chunks_append(*, writes: Sequence[ChunkWrite]) -> dict[str, bool]:
     return accepted
 
 
+#: The most streams one portable UPDATE guards: SQLite parses the guard's chain of ORs
+#: as a tree and refuses one deeper than 1,000 terms.
+_GUARDS_PER_UPDATE = 500
+
+
+def _rows_per_statement(connection: Any, params_per_row: int, fixed_params: int = 0) -> int:
+    """How many rows of ``params_per_row`` placeholders one statement may hold beside
+    ``fixed_params`` others, under the backend's parameter limit (SQLite's is set when
+    it is built, 999 in old builds)."""
+    limit = connection.features.max_query_params
+    return (limit - fixed_params) // params_per_row if limit else 1 << 30
+
+
+def _slices(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
 def _advance(writes: Sequence[ChunkWrite]) -> int:
     """One guarded UPDATE of every write's stream (last seq, lease, first token): the
     number of streams it advanced.
 
-    Written as SQL (portable: a CASE and a guard of ORs): built by the ORM, each
-    stream's When and Q were resolved apart, about 250 µs of CPU per stream, so a round
-    of 300 streams cost 77 ms before reaching the database."""
+    Written as SQL (portable: a CASE and a guard of ORs, in statements of at most
+    ``_GUARDS_PER_UPDATE`` streams): built by the ORM, each stream's When and Q were
+    resolved apart, about 250 µs of CPU per stream, so a round of 300 streams cost 77 ms
+    before reaching the database."""
     connection = connections[router.db_for_write(Stream)]
     quote = connection.ops.quote_name
     fields = {field.name: field for field in Stream._meta.concrete_fields}
     columns = {field.name: quote(field.column) for field in fields.values() if field.column}
-
-    def prep(name: str, value: Any) -> Any:
-        return fields[name].get_db_prep_value(value, connection)
-
     now = timezone.now()
     if connection.vendor == "postgresql":
         return _advance_postgresql(connection, columns, writes, now)
+    # Six placeholders a stream (its CASE arms and its guard) beside three for all.
+    size = min(_GUARDS_PER_UPDATE, _rows_per_statement(connection, 6, 3))
+    return sum(
+        _advance_portable(connection, fields, columns, part, now) for part in _slices(writes, size)
+    )
+
+
+def _advance_portable(
+    connection: Any,
+    fields: dict[str, Any],
+    columns: dict[str, str],
+    writes: Sequence[ChunkWrite],
+    now: datetime,
+) -> int:
+    def prep(name: str, value: Any) -> Any:
+        return fields[name].get_db_prep_value(value, connection)
+
+    quote = connection.ops.quote_name
     ids = [prep("id", w.stream_id) for w in writes]
     pk, last_seq, first_token = columns["id"], columns["last_seq"], columns["first_token_at"]
     sets = [f"{last_seq} = CASE {pk}{' WHEN %s THEN %s' * len(writes)} END"]
@@ -316,7 +348,8 @@ def _which_advanced(
 def _insert_chunks(writes: Sequence[ChunkWrite]) -> None:
     """One INSERT of every write's chunk rows.
 
-    Written as SQL (portable: one VALUES list; arrays on PostgreSQL), as ``_advance``
+    Written as SQL (portable: VALUES lists, as many rows a statement as the backend's
+    parameter limit allows; arrays on PostgreSQL), as ``_advance``
     is: ``bulk_create`` built a model and prepared each of its fields apart, about 2 ms
     of CPU for a round of 250 streams, in a database thread that holds the GIL the
     token path waits on."""
@@ -346,16 +379,15 @@ def _insert_chunks(writes: Sequence[ChunkWrite]) -> None:
         for stream_id, *_ in rows
     }
     created_at = fields["created_at"].get_db_prep_value(timezone.now(), connection)
-    params = [
-        value
-        for stream_id, seq, part, text in rows
-        for value in (stream_ids[stream_id], seq, part, text, created_at)
-    ]
-    sql = f"INSERT INTO {table} ({columns}) VALUES " + ", ".join(
-        ["(%s, %s, %s, %s, %s)"] * len(rows)
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        for part in _slices(rows, _rows_per_statement(connection, 5)):
+            params = [
+                value
+                for stream_id, seq, kind, text in part
+                for value in (stream_ids[stream_id], seq, kind, text, created_at)
+            ]
+            placeholders = ", ".join(["(%s, %s, %s, %s, %s)"] * len(part))
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {placeholders}", params)
 
 
 def streams_renew_leases(*, stream_ids: Sequence[str]) -> set[str]:

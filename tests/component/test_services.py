@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 
 import pytest
@@ -161,6 +162,49 @@ def test_one_update_advances_every_stream_of_an_append(make_stream):
     assert len(updates) == 1, updates
     assert set(accepted.values()) == {True}
     assert sorted(Chunk.objects.values_list("text", flat=True)) == ["0. ", "1. ", "2. "]
+
+
+def test_an_append_of_more_streams_than_one_statement_takes_writes_them_all(owner, settings):
+    # SQLite refuses an expression deeper than 1,000 terms (each stream's guard is one)
+    # and a statement of more parameters than its limit: a round of many streams is split.
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 0
+    streams = create_streams([NewStream(f"many.{n}", owner) for n in range(1500)], claimed=True)
+    writes = [ChunkWrite(str(s.id), 0, [("text", "a. "), ("text", f"{n}. ")])
+              for n, s in enumerate(streams)]  # fmt: skip
+    with transaction.atomic():
+        accepted = services.chunks_append(writes=writes)
+    assert list(accepted.values()) == [True] * 1500
+    assert Chunk.objects.count() == 3000
+    assert set(Stream.objects.values_list("last_seq", flat=True)) == {1}
+
+
+@pytest.fixture
+def sqlite_of_999_parameters(db):
+    """The connection as an old SQLite build has it: at most 999 parameters a statement."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only: runs in the pass on the embedded defaults")
+    connection.ensure_connection()
+    limit = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    yield
+    connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+
+
+def test_an_append_past_the_backends_parameter_limit_is_split_into_statements(
+    owner, settings, sqlite_of_999_parameters
+):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 0
+    streams = create_streams([NewStream(f"old.{n}", owner) for n in range(300)], claimed=True)
+    writes = [ChunkWrite(str(s.id), 0, [("text", "a. "), ("text", f"{n}. ")])
+              for n, s in enumerate(streams)]  # fmt: skip
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        accepted = services.chunks_append(writes=writes)
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert list(accepted.values()) == [True] * 300
+    assert len(inserts) == 4  # 600 rows of 5 parameters, 199 rows a statement
+    assert sorted(Chunk.objects.filter(seq=1).values_list("text", flat=True)) == sorted(
+        f"{n}. " for n in range(300)
+    )
 
 
 def test_an_append_of_a_retry_beside_a_new_write_writes_only_the_new_chunks(make_stream):
