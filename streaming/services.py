@@ -326,11 +326,12 @@ def _which_advanced(
     is streaming at the write's last seq), and the writes whose chunks are still to
     insert (an accepted write without its first chunk is one this UPDATE advanced; one
     with it is a retry of a write that had committed)."""
+    connection = connections[router.db_for_read(Stream)]
+    ids = [w.stream_id for w in writes]
     rows = {
         str(row["id"]): row
-        for row in Stream.objects.filter(id__in=[w.stream_id for w in writes]).values(
-            "id", "status", "last_seq"
-        )
+        for part in _slices(ids, _rows_per_statement(connection, 1))
+        for row in Stream.objects.filter(id__in=part).values("id", "status", "last_seq")
     }
     accepted: dict[str, bool] = {}
     advanced: list[ChunkWrite] = []
@@ -391,16 +392,17 @@ def _insert_chunks(writes: Sequence[ChunkWrite]) -> None:
 
 
 def streams_renew_leases(*, stream_ids: Sequence[str]) -> set[str]:
-    """Keep quiet streams alive with one UPDATE; return the ids that are no longer
-    streaming (settled or deleted by someone else), whose drivers must stop."""
+    """Keep quiet streams alive with one UPDATE (one a slice of ids where the backend
+    bounds a statement's parameters); return the ids that are no longer streaming
+    (settled or deleted by someone else), whose drivers must stop."""
     now = timezone.now()
-    Stream.objects.filter(id__in=stream_ids, status=Status.STREAMING).update(
-        lease_expires_at=_lease_from(now), updated_at=now
-    )
-    alive = Stream.objects.filter(id__in=stream_ids, status=Status.STREAMING).values_list(
-        "id", flat=True
-    )
-    return set(stream_ids) - {str(stream_id) for stream_id in alive}
+    alive: set[str] = set()
+    connection = connections[router.db_for_write(Stream)]
+    for part in _slices(stream_ids, _rows_per_statement(connection, 1, 3)):
+        still_streaming = Stream.objects.filter(id__in=part, status=Status.STREAMING)
+        still_streaming.update(lease_expires_at=_lease_from(now), updated_at=now)
+        alive.update(str(stream_id) for stream_id in still_streaming.values_list("id", flat=True))
+    return set(stream_ids) - alive
 
 
 def stream_end(

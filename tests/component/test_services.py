@@ -207,6 +207,33 @@ def test_an_append_past_the_backends_parameter_limit_is_split_into_statements(
     )
 
 
+def test_an_append_with_a_stale_write_past_the_parameter_limit_sorts_every_stream(
+    owner, settings, sqlite_of_999_parameters
+):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 0
+    streams = create_streams([NewStream(f"old.{n}", owner) for n in range(1200)], claimed=True)
+    writes = [ChunkWrite(str(s.id), 0, [("text", f"{n}. ")]) for n, s in enumerate(streams)]
+    writes[7] = ChunkWrite(str(streams[7].id), 4, [("text", "gap")])
+    with transaction.atomic():
+        accepted = services.chunks_append(writes=writes)
+    assert [n for n, ok in enumerate(accepted.values()) if not ok] == [7]
+    assert Chunk.objects.count() == 1199
+
+
+def test_renewing_the_leases_of_more_streams_than_a_statement_holds_renews_them_all(
+    owner, settings, sqlite_of_999_parameters
+):
+    settings.STREAMING_MAX_ACTIVE_PER_OWNER = 0
+    streams = create_streams([NewStream(f"old.{n}", owner) for n in range(1200)], claimed=True)
+    Stream.objects.update(lease_expires_at=timezone.now())
+    services.stream_cancel_now(stream_id=streams[-1].id)
+    stopped = services.streams_renew_leases(stream_ids=[str(s.id) for s in streams])
+    assert stopped == {str(streams[-1].id)}
+    assert not Stream.objects.filter(
+        status="streaming", lease_expires_at__lte=timezone.now()
+    ).exists()
+
+
 def test_an_append_of_a_retry_beside_a_new_write_writes_only_the_new_chunks(make_stream):
     retried, fresh = make_stream(claimed=True), make_stream(claimed=True)
     assert append(retried, 0, ("text", "A. "))
