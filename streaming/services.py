@@ -231,8 +231,9 @@ def _slices(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 
 def _advance(writes: Sequence[ChunkWrite]) -> int:
-    """One guarded UPDATE of every write's stream (last seq, lease, first token): the
-    number of streams it advanced.
+    """Advance every write's stream under its guard (last seq, lease, first token) in
+    one UPDATE, or on a backend that bounds a statement in as few as it allows: the
+    number of streams advanced.
 
     Written as SQL (portable: a CASE and a guard of ORs, in statements of at most
     ``_GUARDS_PER_UPDATE`` streams): built by the ORM, each stream's When and Q were
