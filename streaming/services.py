@@ -9,9 +9,10 @@ only after the commit of the rows they describe.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import batched
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -218,16 +219,15 @@ def chunks_append(*, writes: Sequence[ChunkWrite]) -> dict[str, bool]:
 _GUARDS_PER_UPDATE = 500
 
 
-def _rows_per_statement(connection: Any, params_per_row: int, fixed_params: int = 0) -> int:
-    """How many rows of ``params_per_row`` placeholders one statement may hold beside
-    ``fixed_params`` others, under the backend's parameter limit (SQLite's is set when
-    it is built, 999 in old builds)."""
+def _rows_per_statement(
+    connection: Any, rows: Sized, params_per_row: int, fixed_params: int = 0
+) -> int:
+    """How many of ``rows``, ``params_per_row`` placeholders each, one statement may hold
+    beside ``fixed_params`` others under the backend's parameter limit (SQLite's is set
+    when it is built, 999 in old builds): all of them where there is none, as Django's
+    ``bulk_batch_size`` for an INSERT."""
     limit = connection.features.max_query_params
-    return (limit - fixed_params) // params_per_row if limit else 1 << 30
-
-
-def _slices(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
+    return (limit - fixed_params) // params_per_row if limit else max(1, len(rows))
 
 
 def _advance(writes: Sequence[ChunkWrite]) -> int:
@@ -247,9 +247,9 @@ def _advance(writes: Sequence[ChunkWrite]) -> int:
     if connection.vendor == "postgresql":
         return _advance_postgresql(connection, columns, writes, now)
     # Six placeholders a stream (its CASE arms and its guard) beside three for all.
-    size = min(_GUARDS_PER_UPDATE, _rows_per_statement(connection, 6, 3))
+    size = min(_GUARDS_PER_UPDATE, _rows_per_statement(connection, writes, 6, 3))
     return sum(
-        _advance_portable(connection, fields, columns, part, now) for part in _slices(writes, size)
+        _advance_portable(connection, fields, columns, part, now) for part in batched(writes, size)
     )
 
 
@@ -331,7 +331,7 @@ def _which_advanced(
     ids = [w.stream_id for w in writes]
     rows = {
         str(row["id"]): row
-        for part in _slices(ids, _rows_per_statement(connection, 1))
+        for part in batched(ids, _rows_per_statement(connection, ids, 1))
         for row in Stream.objects.filter(id__in=part).values("id", "status", "last_seq")
     }
     accepted: dict[str, bool] = {}
@@ -366,7 +366,8 @@ def _insert_chunks(writes: Sequence[ChunkWrite]) -> None:
     quote = connection.ops.quote_name
     fields = {field.name: field for field in Chunk._meta.concrete_fields}
     column = {field.name: quote(field.column) for field in fields.values() if field.column}
-    columns = ", ".join(column[name] for name in ("stream", "seq", "part", "text", "created_at"))
+    names = ("stream", "seq", "part", "text", "created_at")
+    columns = ", ".join(column[name] for name in names)
     table = quote(Chunk._meta.db_table)
     if connection.vendor == "postgresql":  # as in _advance_postgresql: arrays
         sql = (
@@ -382,7 +383,7 @@ def _insert_chunks(writes: Sequence[ChunkWrite]) -> None:
     }
     created_at = fields["created_at"].get_db_prep_value(timezone.now(), connection)
     with connection.cursor() as cursor:
-        for part in _slices(rows, _rows_per_statement(connection, 5)):
+        for part in batched(rows, connection.ops.bulk_batch_size([fields[n] for n in names], rows)):
             params = [
                 value
                 for stream_id, seq, kind, text in part
@@ -399,7 +400,7 @@ def streams_renew_leases(*, stream_ids: Sequence[str]) -> set[str]:
     now = timezone.now()
     alive: set[str] = set()
     connection = connections[router.db_for_write(Stream)]
-    for part in _slices(stream_ids, _rows_per_statement(connection, 1, 3)):
+    for part in batched(stream_ids, _rows_per_statement(connection, stream_ids, 1, 3)):
         still_streaming = Stream.objects.filter(id__in=part, status=Status.STREAMING)
         still_streaming.update(lease_expires_at=_lease_from(now), updated_at=now)
         alive.update(str(stream_id) for stream_id in still_streaming.values_list("id", flat=True))
