@@ -195,12 +195,15 @@ class OpenAIProvider:
         """
         progress = _Progress()
         response: aiohttp.ClientResponse | None = None
+        silence: _SilenceWatch | None = None
         reason = model = usage = None
         done = False
         try:
             response = await self._respond(messages, progress)
+            silence = _SilenceWatch(response, self.read_timeout)
             decoder = SSEDecoder()
             async for data in response.content.iter_any():
+                silence.last_read = silence.clock()
                 for event in decoder.feed(data):
                     if event.data.startswith(b"[DONE]"):
                         done = True
@@ -234,6 +237,8 @@ class OpenAIProvider:
         except Exception as exc:
             raise self._error(exc, progress) from exc
         finally:
+            if silence is not None:
+                silence.stop()
             if response is not None:
                 response.close()  # at once; a no-op once the body was read to its end
         finish = _finish(reason, model, usage)
@@ -329,6 +334,45 @@ def _loads(data: bytes) -> Any:
             return json.loads(data)
         except ValueError as exc:
             raise _Unreadable(data[:200]) from exc
+
+
+class _SilenceWatch:
+    """The read timeout between two reads of a response's body, for the price of one
+    clock read a read.
+
+    aiohttp's own (``sock_read``) cancels and schedules a timer at every read, a token
+    each: a share of a process's CPU as large as the SSE parse. Here one timer a
+    stream fires at the last read's deadline and, while reads keep coming, schedules
+    itself at the next one; when the silence has lasted, the body's reader gets
+    aiohttp's own timeout error. aiohttp's timer still bounds the wait for the headers,
+    and is turned off here once they arrived.
+    """
+
+    __slots__ = ("_content", "_handle", "_loop", "_seconds", "clock", "last_read")
+
+    def __init__(self, response: aiohttp.ClientResponse, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        self.last_read = self.clock()
+        self._seconds = seconds
+        self._content = response.content
+        self._handle: asyncio.TimerHandle | None = None
+        if seconds and response.connection is not None:
+            response.connection.protocol.read_timeout = None  # type: ignore[union-attr]
+            self._handle = self._loop.call_at(self.last_read + seconds, self._check)
+
+    def _check(self) -> None:
+        deadline = self.last_read + self._seconds
+        if self.clock() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(aiohttp.SocketTimeoutError("No data for the read timeout"))
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _finish(reason: Any, model: Any, usage: Any) -> Finish | None:

@@ -197,6 +197,16 @@ async def test_hang_mid_answer_times_out(fake_llm: FakeLLMServer) -> None:
     assert await fake_llm.wait_for_async(lambda: fake_llm.disconnects == 1)
 
 
+async def test_the_read_timeout_bounds_each_silence_not_the_whole_answer(
+    fake_llm: FakeLLMServer,
+) -> None:
+    fake_llm.token_delay = 0.15  # 14 tokens: about four read timeouts in all
+    started = time.monotonic()
+    tokens = await collect(make_provider(fake_llm, read_timeout=0.5), ask("Hi"))
+    assert "".join(tokens) == DEFAULT_REPLY
+    assert time.monotonic() - started > 1.0
+
+
 async def test_connection_refused_is_a_readable_error(closed_port: int) -> None:
     provider = make_provider(base_url=f"http://127.0.0.1:{closed_port}/v1")
     tokens, error = await collect_until_error(provider, ask("Hi"))
