@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from channels.layers import get_channel_layer
 
 from streaming.core.batching import Batch
@@ -29,9 +30,10 @@ logger = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 
-#: Unicode as is, not \uXXXX: a CJK or emoji text is a third to half the bytes. One
-#: encoder for all frames (``json.dumps`` with options builds one per call).
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
+#: For what orjson refuses (a lone surrogate, which JSON allows, or an integer beyond
+#: 64 bits). Unicode as is, not \uXXXX, as orjson writes it: a CJK or emoji text is a
+#: third to half the bytes.
+_FALLBACK_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 #: The component's group event; ``StreamConsumerMixin.stream_frames`` and the
 #: process hub handle it. One event per write, however many chunks it holds.
@@ -39,8 +41,13 @@ FRAMES_EVENT = "stream.frames"
 
 
 def encode_frame(frame: Frame) -> str:
-    """A frame's JSON, as every transport sends it."""
-    return _ENCODER.encode(frame)
+    """A frame's JSON, compact, as every transport sends it: orjson, a tenth of the
+    standard library's encoder's time for a token's frame (which the driver's client
+    gets for every token)."""
+    try:
+        return orjson.dumps(frame).decode()
+    except orjson.JSONEncodeError:
+        return _FALLBACK_ENCODER.encode(frame)
 
 
 def token_frame(stream_id: str, delta: Delta) -> Frame:
