@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -59,3 +60,10 @@ def test_the_scheduler_logs_warnings_only_by_default():
 
 def test_q_log_level_brings_back_the_schedulers_info_lines():
     assert django_q_log_level(Q_LOG_LEVEL="info") == "INFO"
+
+
+def test_a_server_process_collects_its_garbage_rarely_and_never_walks_the_startup_objects() -> None:
+    import chatproject.asgi  # noqa: F401 - the server's entry point tunes the collector
+
+    assert gc.get_threshold() == (20_000, 50, 50)
+    assert gc.get_freeze_count() > 0
